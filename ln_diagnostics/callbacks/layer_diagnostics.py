@@ -1,0 +1,196 @@
+"""``LayerDiagnostics``: per-layer activation and gradient statistics of a Lightning run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
+
+from ln_diagnostics._validate import check_optional_int
+from ln_diagnostics.callbacks._logger import describe_loggers, tensorboard_writer
+from ln_diagnostics.collect.collector import Collector
+from ln_diagnostics.collect.options import SelectionOptions
+from ln_diagnostics.collect.records import LoggedScalars, StepReport
+from ln_diagnostics.tensorboard.writer import write_report
+
+
+class LayerDiagnostics(pl.Callback):
+    """Stream per-layer activation, gradient, parameter and update statistics to TensorBoard.
+
+    Statistics are a snapshot of the logging step (all forward calls and micro-batches of that
+    optimizer step), computed on the device; other steps cost one Python check per hook.
+
+    Args:
+        every_n_steps: log scalars on step 0 and every n-th optimizer step; default: the
+            Trainer's ``log_every_n_steps``.
+        histogram_every_n_steps: histograms of activations and gradients; default 10× rarer
+            than scalars, 0 disables. Needs a TensorBoard logger.
+        types: watch instances of these classes (classes or dotted paths such as
+            ``"torch.nn.Linear"``) instead of the default: leaf modules with parameters, norm and
+            activation modules.
+        include: keep only modules whose qualified name matches one of these globs.
+        exclude: then drop modules whose name matches one of these globs.
+        track_updates: log ``updates/ratio/<layer>`` = ‖θ_{t+1} − θ_t‖ / ‖θ_t‖ (keeps a copy of
+            the watched parameters during logging steps).
+
+    Attributes:
+        last_logged: the scalars of the most recent logging step (read by
+            ``DiagnosticThresholds``), or ``None``.
+
+    Example:
+        >>> from pytorch_lightning import Trainer
+        >>> from pytorch_lightning.demos.boring_classes import BoringModel
+        >>> import tempfile
+        >>> trainer = Trainer(max_steps=2, callbacks=[LayerDiagnostics(every_n_steps=1)],
+        ...     default_root_dir=tempfile.mkdtemp(), enable_progress_bar=False,
+        ...     enable_model_summary=False, enable_checkpointing=False, logger=True)
+        >>> trainer.fit(BoringModel())
+        >>> sorted(trainer.callbacks[0].last_logged.scalars)[:2]
+        ['activations/absmax/layer', 'activations/kurtosis/layer']
+    """
+
+    def __init__(
+        self,
+        *,
+        every_n_steps: int | None = None,
+        histogram_every_n_steps: int | None = None,
+        types: Sequence[str | type] | None = None,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        track_updates: bool = True,
+    ) -> None:
+        self.every_n_steps = check_optional_int("every_n_steps", every_n_steps, minimum=1)
+        self.histogram_every_n_steps = check_optional_int(
+            "histogram_every_n_steps", histogram_every_n_steps, minimum=0
+        )
+        self.options = SelectionOptions.create(
+            types=types, include=include, exclude=exclude, track_updates=track_updates
+        )
+        self.last_logged: LoggedScalars | None = None
+        self.n_logged = 0
+        self._collector: Collector | None = None
+        self._writer: Any | None = None
+        self._loggers: list[Any] = []
+        self._every = 1
+        self._hist_every = 0
+        self._begun: int | None = None
+        self._paused = ExitStack()
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            every_n_steps=self.every_n_steps,
+            include=self.options.include,
+            exclude=self.options.exclude,
+        )
+
+    # ------------------------------------------------------------------ set-up and tear-down
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not trainer.loggers:
+            raise ValueError(
+                "LayerDiagnostics needs a logger to write to; the Trainer has none "
+                "(logger=False). Use Trainer(logger=True) or a TensorBoardLogger."
+            )
+        self._every = self.every_n_steps or max(1, int(trainer.log_every_n_steps))
+        hist = self.histogram_every_n_steps
+        self._hist_every = 10 * self._every if hist is None else hist
+        self._writer, self._loggers = None, []
+        if trainer.is_global_zero:
+            self._writer = tensorboard_writer(trainer)
+            if self._writer is None:
+                self._loggers = list(trainer.loggers)
+                if self._hist_every:
+                    rank_zero_warn(
+                        "LayerDiagnostics: histograms need a TensorBoardLogger; the Trainer's "
+                        f"loggers are {describe_loggers(trainer)}, so histograms are skipped and "
+                        "scalars go through logger.log_metrics."
+                    )
+        if self._writer is None:
+            self._hist_every = 0
+        self._collector = self.options.build(pl_module)
+        self._collector.attach()
+        self._begun = None
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._release()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        self._paused.close()
+        if self._collector is not None:
+            self._collector.detach()
+            self._collector = None
+        if self._writer is not None:
+            self._writer.flush()
+
+    # ------------------------------------------------------------------ training events
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self._collector is None or step == self._begun:
+            return
+        self._begun = step
+        self._collector.begin_step(
+            step,
+            scalars=step % self._every == 0,
+            histograms=self._hist_every > 0 and step % self._hist_every == 0,
+        )
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        if self._collector is not None:
+            self._collector.before_optimizer_step()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self._collector is None or self._begun is None or trainer.global_step == self._begun:
+            return  # mid-accumulation: the optimizer step has not happened yet
+        report = self._collector.end_step()
+        self._begun = None
+        if report is not None:
+            self._emit(report)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._collector is not None:
+            self._paused.enter_context(self._collector.paused())
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._paused.close()
+
+    def _emit(self, report: StepReport) -> None:
+        self.last_logged = LoggedScalars(report.step, report.scalars)
+        self.n_logged += 1
+        if self._writer is not None:
+            write_report(self._writer, report)
+        for logger in self._loggers:
+            logger.log_metrics(dict(report.scalars), step=report.step)
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {"n_logged": self.n_logged}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.n_logged = int(state_dict.get("n_logged", 0))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_collector=None, _writer=None, _loggers=[], _paused=ExitStack())
+        return state
+

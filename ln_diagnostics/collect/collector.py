@@ -1,0 +1,445 @@
+"""The framework-agnostic collector: owns the hooks, keeps step state on the device, and turns a
+logging step into a :class:`StepReport` with one packed device-to-host copy.
+
+A step's life: ``begin_step`` decides whether the step logs; forward hooks (and tensor hooks on
+the outputs, for the backward pass) append small device tensors only on logging steps;
+``before_optimizer_step`` reads gradient and parameter norms and keeps a copy of the parameters;
+``end_step`` measures the update, packs everything into one float64 vector, copies it to the host
+once and reduces it there. On other steps every hook returns at its first line.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    >>> collector = Collector(model, select_modules(model))
+    >>> collector.attach()
+    >>> collector.begin_step(0, scalars=True, histograms=False)
+    >>> model(torch.randn(16, 4)).sum().backward()
+    >>> collector.before_optimizer_step()
+    >>> report = collector.end_step()
+    >>> collector.detach()
+    >>> sorted(t for t in report.scalars if t.endswith("/1"))[:3]
+    ['activations/absmax/1', 'activations/kurtosis/1', 'activations/mean/1']
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ln_diagnostics.collect.records import Histogram, StepReport
+from ln_diagnostics.collect.selection import (
+    module_parameters,
+    primary_tensor,
+    saturation_kind,
+    select_modules,
+)
+from ln_diagnostics.stats.histogram import bucket_edges, histogram
+from ln_diagnostics.stats.moments import Moments, finalize, power_sums
+
+__all__ = ["Collector", "select_modules"]
+
+# Tag parts. The grammar itself lives in ln_diagnostics.tensorboard.tags; the collector only
+# produces "{group}/{stat}/{layer}" keys so that it stays free of TensorBoard imports.
+_ACT, _GRAD, _BACKPROP, _PARAM, _UPDATE, _HEALTH = (
+    "activations",
+    "gradients",
+    "backprop",
+    "parameters",
+    "updates",
+    "health",
+)
+
+
+def _norms(tensors: list[Tensor]) -> list[Tensor]:
+    """L2 norms in float32 with one fused kernel per (device, dtype) group, no host sync."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    for index, t in enumerate(tensors):
+        groups[(t.device, t.dtype)].append(index)
+    out: list[Tensor] = [torch.empty(0)] * len(tensors)
+    for indices in groups.values():
+        norms = torch._foreach_norm([tensors[i] for i in indices], 2.0, dtype=torch.float32)
+        for i, norm in zip(indices, norms, strict=True):
+            out[i] = norm
+    return out
+
+
+def _dense(t: Tensor) -> Tensor:
+    return t.coalesce().values() if t.is_sparse else t
+
+
+class Collector:
+    """Collects per-module statistics of one model on the steps it is told to log.
+
+    Args:
+        model: the model whose parameters count toward the model-wide norms.
+        modules: ``(qualified name, module)`` pairs to watch, e.g. from ``select_modules``.
+        track_updates: keep a copy of the watched parameters on logging steps to measure
+            ``‖θ_{t+1} − θ_t‖`` (costs one parameter-sized copy on those steps only).
+        tag_prefix: prepended to every tag (e.g. ``"val/"``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: list[tuple[str, nn.Module]],
+        *,
+        track_updates: bool = True,
+        tag_prefix: str = "",
+    ) -> None:
+        self.model = model
+        self.names = [name or "<root>" for name, _ in modules]
+        self.modules = [module for _, module in modules]
+        self.track_updates = track_updates
+        self.tag_prefix = tag_prefix
+        self._saturation = [saturation_kind(m) for m in self.modules]
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        position = {id(p): j for j, p in enumerate(self._params)}
+        self._module_params = [
+            [position[id(p)] for p in module_parameters(m) if id(p) in position]
+            for m in self.modules
+        ]
+        watched = sorted({j for js in self._module_params for j in js})
+        self._watched_params = watched
+        self._handles: list[RemovableHandle] = []
+        self._disabled: set[int] = set()
+        self._edges: Tensor | None = None
+        self._limits: list[float] = []
+        self._warned_nonfinite: set[str] = set()
+        self.step = 0
+        self._on = False
+        self._hist_on = False
+        self._reset_step_state()
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def attached(self) -> bool:
+        """True while our hooks are registered on the model."""
+        return bool(self._handles)
+
+    def attach(self) -> None:
+        """Register one forward hook per watched module (idempotent)."""
+        if self._handles:
+            return
+        for i, module in enumerate(self.modules):
+            self._handles.append(module.register_forward_hook(partial(self._forward_hook, i)))
+
+    def detach(self) -> None:
+        """Remove every hook and drop the step state; safe to call more than once."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._on = self._hist_on = False
+        self._reset_step_state()
+
+    def _reset_step_state(self) -> None:
+        self._shift: dict[int, Tensor] = {}
+        self._order: list[int] = []
+        self._act: list[tuple[int, int, Tensor, Tensor]] = []
+        self._act_hist: list[tuple[int, Tensor, Tensor]] = []
+        self._backprop: list[tuple[int, Tensor]] = []
+        self._grads: tuple[list[int], list[Tensor], list[Tensor]] | None = None
+        self._grad_hist: list[tuple[int, Tensor, Tensor]] = []
+        self._snapshot: list[Tensor] | None = None
+
+    # ------------------------------------------------------------------ step protocol
+    @property
+    def logging(self) -> bool:
+        """True between ``begin_step`` and ``end_step`` of a logging step."""
+        return self._on
+
+    def begin_step(self, step: int, *, scalars: bool, histograms: bool) -> None:
+        """Start step ``step``; collect only if it logs scalars or histograms."""
+        self._reset_step_state()
+        self.step = step
+        self._on = scalars or histograms
+        self._hist_on = histograms
+        if histograms and self._edges is None:
+            edges = bucket_edges(torch.device("cpu"))
+            self._limits = [*edges.tolist(), float(torch.finfo(torch.float64).max)]
+            device = self._params[0].device if self._params else edges.device
+            self._edges = edges.to(device)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Ignore forward passes inside the block (validation, probes)."""
+        on, self._on = self._on, False
+        try:
+            yield
+        finally:
+            self._on = on
+
+    def before_optimizer_step(self) -> None:
+        """Read gradients (after unscaling and accumulation, before clipping) on logging steps.
+
+        Only the first call of a step counts.
+        """
+        if not self._on or self._grads is not None:
+            return
+        present = [j for j, p in enumerate(self._params) if p.grad is not None]
+        grads = [_dense(self._params[j].grad) for j in present]
+        self._grads = (present, _norms(grads), _norms([p.detach() for p in self._params]))
+        if self._hist_on:
+            for i, js in enumerate(self._module_params):
+                module_grads = [g.reshape(-1) for j, g in zip(present, grads) if j in js]
+                if module_grads and self._edges is not None:
+                    self._grad_hist.append((i, *histogram(torch.cat(module_grads), self._edges)))
+        if self.track_updates:
+            self._snapshot = [self._params[j].detach().clone() for j in self._watched_params]
+
+    def end_step(self) -> StepReport | None:
+        """Finish the step; on a logging step return its report (one device-to-host copy)."""
+        if not self._on:
+            self._reset_step_state()
+            return None
+        parts, layout = self._pack()
+        report = self._unpack(self._to_host(parts), layout)
+        self._on = self._hist_on = False
+        self._reset_step_state()
+        return report
+
+    # ------------------------------------------------------------------ hooks
+    def _forward_hook(self, i: int, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._on or i in self._disabled:
+            return
+        try:
+            self._record_forward(i, output)
+        except Exception as exc:
+            self._disable(i, exc)
+
+    def _record_forward(self, i: int, output: Any) -> None:
+        t = primary_tensor(output)
+        if t is None or t.numel() == 0:
+            return
+        shift = self._shift.get(i)
+        if shift is None:
+            self._order.append(i)
+        floats, counts = power_sums(t, shift, self._saturation[i])
+        if shift is None:
+            self._shift[i] = floats[0]
+        self._act.append((i, t.numel(), floats, counts))
+        if self._hist_on and self._edges is not None:
+            self._act_hist.append((i, *histogram(t, self._edges)))
+        if t.requires_grad and torch.is_grad_enabled():
+            t.register_hook(partial(self._backward_hook, i))
+
+    def _backward_hook(self, i: int, grad: Tensor) -> None:
+        if not self._on or i in self._disabled:
+            return
+        try:
+            with torch.no_grad():
+                norm = torch.linalg.vector_norm(grad.detach(), dtype=torch.float32)
+            self._backprop.append((i, norm))
+        except Exception as exc:
+            self._disable(i, exc)
+
+    def _disable(self, i: int, exc: Exception) -> None:
+        self._disabled.add(i)
+        warnings.warn(
+            f"ln-diagnostics: collecting statistics for layer '{self.names[i]}' failed "
+            f"({type(exc).__name__}: {exc}); that layer is no longer watched, training goes on.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    # ------------------------------------------------------------------ packing
+    def _pack(self) -> tuple[list[Tensor], list[tuple[str, Any, int]]]:
+        """Flatten the step's device tensors into parts plus a layout to read them back."""
+        parts: list[Tensor] = []
+        layout: list[tuple[str, Any, int]] = []
+
+        def add(kind: str, key: Any, tensor: Tensor) -> None:
+            flat = tensor.reshape(-1)
+            parts.append(flat)
+            layout.append((kind, key, flat.numel()))
+
+        for i, n, floats, counts in self._act:
+            add("act_f", (i, n), floats)
+            add("act_c", i, counts)
+        for i, floats, counts in self._act_hist:
+            add("act_hf", i, floats)
+            add("act_hc", i, counts)
+        for i, norm in self._backprop:
+            add("bp", i, norm)
+        if self._grads is not None:
+            present, grad_norms, param_norms = self._grads
+            if grad_norms:
+                add("grad", present, torch.stack(grad_norms))
+            if param_norms:
+                add("param", None, torch.stack(param_norms))
+            if self._snapshot is not None:
+                current = [self._params[j].detach() for j in self._watched_params]
+                with torch.no_grad():
+                    deltas = torch._foreach_sub(current, self._snapshot)
+                add("update", None, torch.stack(_norms(deltas)))
+        for i, floats, counts in self._grad_hist:
+            add("grad_hf", i, floats)
+            add("grad_hc", i, counts)
+        return parts, layout
+
+    @staticmethod
+    def _to_host(parts: list[Tensor]) -> list[float]:
+        if not parts:
+            return []
+        device = parts[0].device
+        packed = torch.cat([p.to(device=device, dtype=torch.float64) for p in parts])
+        return packed.cpu().tolist()  # the step's one device-to-host copy
+
+    # ------------------------------------------------------------------ host side
+    def _tag(self, group: str, stat: str, i: int) -> str:
+        return f"{self.tag_prefix}{group}/{stat}/{self.names[i]}"
+
+    def _health(self, stat: str) -> str:
+        return f"{self.tag_prefix}{_HEALTH}/{stat}"
+
+    def _unpack(self, values: list[float], layout: list[tuple[str, Any, int]]) -> StepReport:
+        chunks: dict[str, list[tuple[Any, list[float]]]] = defaultdict(list)
+        offset = 0
+        for kind, key, size in layout:
+            chunks[kind].append((key, values[offset : offset + size]))
+            offset += size
+        scalars: dict[str, float] = {}
+        histograms: dict[str, Histogram] = {}
+        self._activation_scalars(chunks, scalars)
+        self._gradient_scalars(chunks, scalars)
+        for kind, group in (("act", _ACT), ("grad", _GRAD)):
+            for i, hist in self._merge_histograms(chunks[f"{kind}_hf"], chunks[f"{kind}_hc"]):
+                histograms[self._tag(group, "hist", i)] = hist
+        return StepReport(self.step, scalars, histograms)
+
+    def _activation_scalars(self, chunks: dict, scalars: dict[str, float]) -> None:
+        moments: dict[int, Moments] = {}
+        for ((i, n), floats), (_, counts) in zip(chunks["act_f"], chunks["act_c"], strict=True):
+            m = Moments.from_rows(floats, counts, n)
+            if i in moments:
+                moments[i].merge(m)
+            else:
+                moments[i] = m
+        nonfinite_total = 0.0
+        first_bad: int | None = None
+        for i in self._order:
+            if i not in moments:
+                continue
+            stats = finalize(moments[i], saturation=self._saturation[i] is not None)
+            for stat, value in stats.items():
+                scalars[self._tag(_ACT, stat, i)] = value
+            nonfinite_total += stats["nonfinite"]
+            if stats["nonfinite"] and first_bad is None:
+                first_bad = i
+        if moments:
+            scalars[self._health("nonfinite_activations")] = nonfinite_total
+        if first_bad is not None:
+            self._warn_nonfinite("activations", first_bad)
+
+        backprop: dict[int, float] = defaultdict(float)
+        for i, (norm,) in chunks["bp"]:
+            backprop[i] += norm * norm
+        ordered = [i for i in self._order if i in backprop]
+        for i in ordered:
+            scalars[self._tag(_BACKPROP, "norm", i)] = math.sqrt(backprop[i])
+        if len(ordered) >= 2:
+            first, last = math.sqrt(backprop[ordered[0]]), math.sqrt(backprop[ordered[-1]])
+            if first > 0 and last > 0:
+                scalars[self._health("backprop_depth_log10")] = math.log10(first / last)
+
+    def _gradient_scalars(self, chunks: dict, scalars: dict[str, float]) -> None:
+        if not chunks["param"]:
+            return
+        param_norms = chunks["param"][0][1]
+        grad_sq: dict[int, float] = {}
+        if chunks["grad"]:
+            present, norms = chunks["grad"][0]
+            grad_sq = {j: g * g for j, g in zip(present, norms, strict=True)}
+        update_sq: dict[int, float] = {}
+        if chunks["update"]:
+            norms = chunks["update"][0][1]
+            update_sq = {j: u * u for j, u in zip(self._watched_params, norms, strict=True)}
+
+        bad_grads = sum(1 for g in grad_sq.values() if not math.isfinite(g))
+        first_bad: int | None = None
+        for i, js in enumerate(self._module_params):
+            if not js:
+                continue
+            p_norm = math.sqrt(sum(param_norms[j] ** 2 for j in js))
+            scalars[self._tag(_PARAM, "norm", i)] = p_norm
+            with_grad = [j for j in js if j in grad_sq]
+            if with_grad:
+                g_norm = math.sqrt(sum(grad_sq[j] for j in with_grad))
+                scalars[self._tag(_GRAD, "norm", i)] = g_norm
+                if p_norm > 0:
+                    scalars[self._tag(_GRAD, "ratio", i)] = g_norm / p_norm
+                if not math.isfinite(g_norm) and first_bad is None:
+                    first_bad = i
+            if update_sq and p_norm > 0:
+                u_norm = math.sqrt(sum(update_sq[j] for j in js))
+                scalars[self._tag(_UPDATE, "ratio", i)] = u_norm / p_norm
+        total_param = math.sqrt(sum(v * v for v in param_norms))
+        scalars[self._health("param_norm_total")] = total_param
+        if grad_sq:
+            scalars[self._health("grad_norm_total")] = math.sqrt(sum(grad_sq.values()))
+        scalars[self._health("nonfinite_grads")] = float(bad_grads)
+        if update_sq and total_param > 0:
+            scalars[self._health("update_ratio_total")] = (
+                math.sqrt(sum(update_sq.values())) / total_param
+            )
+        if first_bad is not None:
+            self._warn_nonfinite("gradients", first_bad)
+
+    def _merge_histograms(
+        self, floats: list[tuple[Any, list[float]]], counts: list[tuple[Any, list[float]]]
+    ) -> list[tuple[int, Histogram]]:
+        merged: dict[int, tuple[list[float], list[float]]] = {}
+        for (i, (lo, hi, total, squares)), (_, bucket) in zip(floats, counts, strict=True):
+            if i in merged:
+                head, acc = merged[i]
+                head[0], head[1] = min(head[0], lo), max(head[1], hi)
+                head[2] += total
+                head[3] += squares
+                for b, c in enumerate(bucket):
+                    acc[b] += c
+            else:
+                merged[i] = ([lo, hi, total, squares], list(bucket))
+        if not merged:
+            return []
+        limits = self._limits
+        out = []
+        for i, (head, bucket) in merged.items():
+            used = [b for b, c in enumerate(bucket) if c]
+            if not used:
+                continue
+            lo_b, hi_b = used[0], used[-1] + 1
+            out.append(
+                (
+                    i,
+                    Histogram(
+                        min=head[0],
+                        max=head[1],
+                        num=float(sum(bucket)),
+                        sum=head[2],
+                        sum_squares=head[3],
+                        bucket_limit=limits[lo_b:hi_b],
+                        bucket=bucket[lo_b:hi_b],
+                    ),
+                )
+            )
+        return out
+
+    def _warn_nonfinite(self, what: str, i: int) -> None:
+        if what in self._warned_nonfinite:
+            return
+        self._warned_nonfinite.add(what)
+        warnings.warn(
+            f"ln-diagnostics: non-finite {what} at step {self.step}; the first layer in forward "
+            f"order that produced them is '{self.names[i]}'.",
+            RuntimeWarning,
+            stacklevel=2,
+        )

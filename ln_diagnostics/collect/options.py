@@ -1,0 +1,67 @@
+"""Validated module-selection options, shared by ``attach()`` and ``LayerDiagnostics``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from ln_diagnostics._validate import check_bool, check_globs
+from ln_diagnostics.collect.collector import Collector
+from ln_diagnostics.collect.selection import candidate_names, resolve_types, select_modules
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """Which modules to watch and what to measure besides the defaults.
+
+    Example:
+        >>> from torch import nn
+        >>> opts = SelectionOptions.create(types=None, include=["0"], exclude=None)
+        >>> opts.build(nn.Sequential(nn.Linear(2, 2), nn.ReLU())).names
+        ['0']
+    """
+
+    types: tuple[type, ...] | None
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    track_updates: bool = True
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        types: Sequence[type | str] | None,
+        include: str | Sequence[str] | None,
+        exclude: str | Sequence[str] | None,
+        track_updates: bool = True,
+    ) -> SelectionOptions:
+        """Validate user input; errors name the argument, the expectation and the value."""
+        if isinstance(types, (str, type)):
+            types = [types]
+        if types is not None and not isinstance(types, Sequence):
+            raise ValueError(f"types must be a list of nn.Module classes or None; got {types!r}")
+        return cls(
+            types=None if types is None else resolve_types(types),
+            include=check_globs("include", include),
+            exclude=check_globs("exclude", exclude),
+            track_updates=check_bool("track_updates", track_updates),
+        )
+
+    def build(self, model: nn.Module, *, tag_prefix: str = "") -> Collector:
+        """A collector for ``model``.
+
+        Raises:
+            ValueError: no module matched; the message lists a few candidate names.
+        """
+        modules = select_modules(
+            model, types=self.types, include=self.include, exclude=self.exclude
+        )
+        if not modules:
+            raise ValueError(
+                f"no module of {type(model).__name__} matched types={self.types}, "
+                f"include={list(self.include)}, exclude={list(self.exclude)}; "
+                f"some module names: {', '.join(candidate_names(model)) or '(none)'}"
+            )
+        return Collector(model, modules, track_updates=self.track_updates, tag_prefix=tag_prefix)

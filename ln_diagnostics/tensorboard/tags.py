@@ -1,0 +1,69 @@
+"""The one TensorBoard tag grammar: ``{group}/{stat}/{layer}`` and ``health/{stat}``.
+
+Every other module (writer, layouts, thresholds, CLI) builds and parses tags through these
+functions, so the grammar lives in exactly one place.
+
+Example:
+    >>> tag("gradients", "norm", "net.3")
+    'gradients/norm/net.3'
+    >>> health_tag("grad_norm_total")
+    'health/grad_norm_total'
+    >>> parse_tag("activations/std/encoder.layers.0.linear1")
+    ParsedTag(group='activations', stat='std', layer='encoder.layers.0.linear1')
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+ACTIVATIONS = "activations"
+GRADIENTS = "gradients"
+BACKPROP = "backprop"
+PARAMETERS = "parameters"
+UPDATES = "updates"
+SHIFT = "shift"
+ICS = "ics"
+HEALTH = "health"
+
+LAYER_GROUPS: tuple[str, ...] = (ACTIVATIONS, GRADIENTS, BACKPROP, PARAMETERS, UPDATES, SHIFT, ICS)
+GROUPS: tuple[str, ...] = (*LAYER_GROUPS, HEALTH)
+
+
+class ParsedTag(NamedTuple):
+    """A tag split into its parts; ``layer`` is ``None`` for ``health/`` tags."""
+
+    group: str
+    stat: str
+    layer: str | None
+
+
+def tag(group: str, stat: str, layer: str, *, prefix: str = "") -> str:
+    """Build a per-layer tag ``{prefix}{group}/{stat}/{layer}``.
+
+    ``layer`` is the module's qualified name from ``named_modules()``; the root module (empty
+    name) is spelled ``<root>``. ``prefix`` (e.g. ``"val/"``) namespaces a whole run phase.
+    """
+    if group not in LAYER_GROUPS:
+        raise ValueError(f"group must be one of {', '.join(LAYER_GROUPS)}; got {group!r}")
+    return f"{prefix}{group}/{stat}/{layer or '<root>'}"
+
+
+def health_tag(stat: str, *, prefix: str = "") -> str:
+    """Build a model-wide tag ``{prefix}health/{stat}``."""
+    return f"{prefix}{HEALTH}/{stat}"
+
+
+def parse_tag(value: str) -> ParsedTag | None:
+    """Split a tag written by this package; ``None`` when it does not follow the grammar.
+
+    One leading phase prefix such as ``val/`` is dropped.
+    """
+    group, _, rest = value.partition("/")
+    if group not in GROUPS and rest:
+        group, _, rest = rest.partition("/")
+    if group == HEALTH and rest and "/" not in rest:
+        return ParsedTag(HEALTH, rest, None)
+    stat, _, layer = rest.partition("/")
+    if group in LAYER_GROUPS and stat and layer:
+        return ParsedTag(group, stat, layer)
+    return None
