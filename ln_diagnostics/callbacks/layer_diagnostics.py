@@ -193,4 +193,3 @@ class LayerDiagnostics(pl.Callback):
         state = self.__dict__.copy()
         state.update(_collector=None, _writer=None, _loggers=[], _paused=ExitStack())
         return state
-

@@ -190,7 +190,9 @@ class Collector:
         self._grads = (present, _norms(grads), _norms([p.detach() for p in self._params]))
         if self._hist_on:
             for i, js in enumerate(self._module_params):
-                module_grads = [g.reshape(-1) for j, g in zip(present, grads) if j in js]
+                module_grads = [
+                    g.reshape(-1) for j, g in zip(present, grads, strict=True) if j in js
+                ]
                 if module_grads and self._edges is not None:
                     self._grad_hist.append((i, *histogram(torch.cat(module_grads), self._edges)))
         if self.track_updates:

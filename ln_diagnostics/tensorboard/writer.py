@@ -44,5 +44,5 @@ def histogram_proto(hist: Histogram) -> HistogramProto:
 
 
 def write_report(writer: Any, report: StepReport) -> None:
-    """Append ``report`` to ``writer``'s event file (a ``torch.utils.tensorboard.SummaryWriter``)."""
+    """Append ``report`` to the event file of ``writer`` (a ``SummaryWriter``)."""
     writer._get_file_writer().add_summary(summary_proto(report), report.step)
