@@ -1,0 +1,384 @@
+"""Replace every BatchNorm layer of a model with a per-sample normalization layer.
+
+BatchNorm normalizes with statistics of the *batch*; it fails at batch size one, behaves
+differently in training and evaluation, and couples samples. :func:`swap_batchnorm` replaces it,
+in place and anywhere in the module tree, with a layer that normalizes each sample on its own:
+
+* ``"layernorm"``: :class:`~ln_diagnostics.nn.norms.ChannelLayerNorm`, mean and variance over
+  the channel dimension at every position;
+* ``"groupnorm"``: ``nn.GroupNorm(1, C)``, mean and variance over channels *and* positions;
+* ``"rmsnorm"``: :class:`~ln_diagnostics.nn.norms.ChannelRMSNorm`, root mean square over the
+  channel dimension, no centering and no shift.
+
+The per-channel scale and shift are carried over, running statistics are dropped: the swap
+changes the function a pretrained model computes, so fine-tune after swapping.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parallel import DistributedDataParallel
+
+from ln_diagnostics.nn.norms import ChannelLayerNorm, ChannelRMSNorm
+
+__all__ = ["SwapEntry", "SwapReport", "SwapTarget", "swap_batchnorm"]
+
+SwapTarget = Literal["layernorm", "groupnorm", "rmsnorm"]
+TARGETS: tuple[str, ...] = get_args(SwapTarget)
+
+ROOT_NAME = "(root)"
+BIAS_DROPPED_NOTE = "bias dropped (RMSNorm has no shift)"
+
+
+@dataclass(frozen=True)
+class SwapEntry:
+    """One replaced (or, in a dry run, replaceable) layer.
+
+    Attributes:
+        name: qualified name from ``named_modules()``; ``""`` for the root module.
+        old_type: class name of the BatchNorm layer, e.g. ``"BatchNorm2d"``.
+        new_type: class name of its replacement, e.g. ``"ChannelLayerNorm"``.
+        note: anything the caller should know about this layer, e.g. a dropped bias.
+    """
+
+    name: str
+    old_type: str
+    new_type: str
+    note: str = ""
+
+
+@dataclass
+class SwapReport:
+    """What :func:`swap_batchnorm` replaced.
+
+    Attributes:
+        model: the model after the swap. The same object that was passed, except when the root
+            module itself was a BatchNorm layer: then it is the new root.
+        swapped: one :class:`SwapEntry` per replaced layer, in ``named_modules()`` order.
+        target: the normalization the layers were swapped for.
+        dry_run: ``True`` when nothing was changed and ``swapped`` lists what would be.
+
+    ``str(report)`` is an aligned table; :meth:`to_markdown` renders the same for TensorBoard.
+
+    Example:
+        >>> from torch import nn
+        >>> report = swap_batchnorm(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
+        >>> [(e.name, e.old_type, e.new_type) for e in report.swapped]
+        [('1', 'BatchNorm2d', 'ChannelLayerNorm')]
+    """
+
+    model: nn.Module
+    swapped: list[SwapEntry] = field(default_factory=list)
+    target: str = "layernorm"
+    dry_run: bool = False
+
+    def _headline(self) -> str:
+        n = len(self.swapped)
+        if n == 0:
+            return f"swap_batchnorm(target={self.target!r}): no BatchNorm layers matched"
+        verb = "would be swapped (dry run)" if self.dry_run else "swapped"
+        layers = "layer" if n == 1 else "layers"
+        return f"swap_batchnorm(target={self.target!r}): {n} BatchNorm {layers} {verb}"
+
+    def _rows(self) -> tuple[list[str], list[list[str]]]:
+        header = ["name", "old type", "new type"]
+        with_notes = any(e.note for e in self.swapped)
+        if with_notes:
+            header.append("note")
+        rows = []
+        for e in self.swapped:
+            row = [e.name or ROOT_NAME, e.old_type, e.new_type]
+            if with_notes:
+                row.append(e.note)
+            rows.append(row)
+        return header, rows
+
+    def _footer(self) -> str:
+        return (
+            "Running statistics were dropped and the new layers normalize per sample: "
+            "a pretrained model computes a different function now; fine-tune it."
+        )
+
+    def __str__(self) -> str:
+        lines = [self._headline()]
+        if not self.swapped:
+            return lines[0]
+        header, rows = self._rows()
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+        def fmt(cells: list[str]) -> str:
+            return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+        lines.append(fmt(header))
+        lines.append(fmt(["-" * w for w in widths]))
+        lines.extend(fmt(r) for r in rows)
+        if not self.dry_run:
+            lines.append(self._footer())
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        """The report as a Markdown table (TensorBoard's text dashboard renders Markdown)."""
+        headline = self._headline()
+        if not self.swapped:
+            return headline
+        header, rows = self._rows()
+        lines = [headline, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            cells = [f"`{r[0]}`", *(c.replace("|", "\\|") for c in r[1:])]
+            lines.append("| " + " | ".join(cells) + " |")
+        if not self.dry_run:
+            lines += ["", self._footer()]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def validate_target(target: object) -> str:
+    """Return ``target`` if it names a known normalization, else raise ``ValueError``."""
+    if not isinstance(target, str) or target not in TARGETS:
+        valid = ", ".join(repr(t) for t in TARGETS)
+        raise ValueError(f"target must be one of {valid}; got {target!r}")
+    return target
+
+
+def validate_patterns(arg: str, patterns: object) -> tuple[str, ...] | None:
+    """Normalize ``include``/``exclude``: ``None``, one glob, or a non-empty sequence of globs."""
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        return (patterns,)
+    if not isinstance(patterns, Iterable) or isinstance(patterns, (bytes, dict)):
+        raise TypeError(
+            f"{arg} must be None, a glob string or a list of glob strings; "
+            f"got {type(patterns).__name__} {patterns!r}"
+        )
+    result = tuple(patterns)
+    for i, p in enumerate(result):
+        if not isinstance(p, str):
+            raise TypeError(
+                f"{arg}[{i}] must be a glob string such as 'encoder.*'; "
+                f"got {type(p).__name__} {p!r}"
+            )
+    if not result:
+        raise ValueError(
+            f"{arg} must contain at least one glob pattern (use None to match every layer); "
+            f"got {patterns!r}"
+        )
+    return result
+
+
+def validate_bool(arg: str, value: object) -> bool:
+    """Return ``value`` if it is a ``bool``, else raise ``TypeError`` naming ``arg``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{arg} must be a bool; got {type(value).__name__} {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- surgery
+
+
+def _new_layer(old: _BatchNorm, target: str) -> nn.Module:
+    """An untrained replacement for ``old`` with its channels, eps, affine flag, device, dtype."""
+    tensors = [t for t in (old.weight, old.running_mean) if t is not None]
+    factory = {"device": tensors[0].device, "dtype": tensors[0].dtype} if tensors else {}
+    c, eps, affine = old.num_features, old.eps, old.affine
+    new: nn.Module
+    if target == "layernorm":
+        new = ChannelLayerNorm(c, eps=eps, affine=affine, **factory)
+    elif target == "groupnorm":
+        new = nn.GroupNorm(1, c, eps=eps, affine=affine, **factory)
+    else:
+        new = ChannelRMSNorm(c, eps=eps, affine=affine, **factory)
+    return new.train(old.training)
+
+
+def _copy_param(dst: nn.Parameter | None, src: torch.Tensor | None) -> None:
+    if dst is None or src is None:
+        return
+    with torch.no_grad():
+        dst.copy_(src)
+    dst.requires_grad_(src.requires_grad)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(module, n, None) for n in names)
+
+
+def _matches(names: Sequence[str], patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
+
+
+def _refuse_ddp(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, DistributedDataParallel):
+            where = "the model" if name == "" else f"submodule {name!r}"
+            raise ValueError(
+                f"model must not be wrapped in DistributedDataParallel; got {where} of type "
+                f"{type(module).__name__}. DDP has already registered the parameters it "
+                "synchronizes, so layers swapped inside it would not be trained correctly. "
+                "Swap before wrapping: swap_batchnorm(model) then DistributedDataParallel(model); "
+                "with Lightning, use the NormSwap callback, which swaps in setup() before the "
+                "model is wrapped."
+            )
+
+
+def swap_batchnorm(
+    model: nn.Module,
+    *,
+    target: SwapTarget = "layernorm",
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    copy_affine: bool = True,
+    dry_run: bool = False,
+) -> SwapReport:
+    """Replace every BatchNorm layer in ``model`` with a per-sample normalization, in place.
+
+    All subclasses of ``torch.nn.modules.batchnorm._BatchNorm`` are found anywhere in the tree
+    (``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, initialized lazy variants and user subclasses,
+    inside ``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict`` or any module). A layer that
+    appears under several names is replaced by one new layer everywhere, so sharing is kept.
+
+    The new layer has the old one's channel count, ``eps``, ``affine`` flag, device, dtype and
+    train/eval mode. With ``copy_affine`` the scale ``γ`` and shift ``β`` (and their
+    ``requires_grad``) are copied; ``"rmsnorm"`` has no shift, so ``β`` is dropped, noted in the
+    report and warned about when it is not zero. Running statistics are dropped: the new layers
+    normalize each sample by its own statistics, so a pretrained model computes a different
+    function after the swap and should be fine-tuned. Forward/backward hooks registered on a
+    replaced layer are not carried over (a warning names the layer); register them after the
+    swap.
+
+    Swap *before* building the optimizer (it holds the old parameters) and before wrapping the
+    model in ``DistributedDataParallel`` (refused with an error).
+
+    Args:
+        model: the model to change in place; may itself be a BatchNorm layer.
+        target: ``"layernorm"`` (:class:`~ln_diagnostics.nn.norms.ChannelLayerNorm`),
+            ``"groupnorm"`` (``nn.GroupNorm(1, C)``) or ``"rmsnorm"``
+            (:class:`~ln_diagnostics.nn.norms.ChannelRMSNorm`).
+        include: glob(s) over qualified module names (``fnmatch``, case-sensitive, ``*`` also
+            matches dots); only matching BatchNorm layers are swapped. ``None``: all.
+        exclude: glob(s); matching layers are left alone, even if included.
+        copy_affine: copy ``γ``/``β`` when both layers are affine; otherwise the new layer
+            starts at ``γ = 1, β = 0``.
+        dry_run: report what would be swapped without changing anything.
+
+    Returns:
+        A :class:`SwapReport`; ``report.model`` is the (possibly new) root module.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or an option has the wrong type.
+        ValueError: an unknown ``target``, an empty pattern list, or a model wrapped in
+            ``DistributedDataParallel``.
+        RuntimeError: a lazy BatchNorm layer that has not seen an input yet (its channel count
+            is unknown); run one forward pass first.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        >>> report = swap_batchnorm(model, target="layernorm")
+        >>> type(model[1]).__name__
+        'ChannelLayerNorm'
+        >>> model(torch.randn(1, 3, 8, 8)).shape  # batch size 1 works now
+        torch.Size([1, 8, 6, 6])
+        >>> swap_batchnorm(model).swapped  # idempotent
+        []
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    validate_target(target)
+    include_p = validate_patterns("include", include)
+    exclude_p = validate_patterns("exclude", exclude)
+    validate_bool("copy_affine", copy_affine)
+    validate_bool("dry_run", dry_run)
+    _refuse_ddp(model)
+
+    # Every name of every BatchNorm layer (a shared layer has several).
+    names_of: dict[int, list[str]] = {}
+    layers: dict[int, _BatchNorm] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, _BatchNorm):
+            names_of.setdefault(id(module), []).append(name)
+            layers[id(module)] = module
+
+    selected = [
+        key
+        for key, names in names_of.items()
+        if (include_p is None or _matches(names, include_p))
+        and not (exclude_p is not None and _matches(names, exclude_p))
+    ]
+
+    # Check everything before changing anything.
+    for key in selected:
+        layer = layers[key]
+        if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
+            raise RuntimeError(
+                f"cannot swap {names_of[key][0] or ROOT_NAME!r} ({type(layer).__name__}): a lazy "
+                "layer does not know its number of channels until it has seen an input. Run one "
+                "forward pass (e.g. model(example_batch)) before calling swap_batchnorm."
+            )
+
+    new_type = {"layernorm": "ChannelLayerNorm", "groupnorm": "GroupNorm"}.get(
+        target, "ChannelRMSNorm"
+    )
+    entries: list[SwapEntry] = []
+    replacement: dict[int, nn.Module] = {}
+    dropped_bias: list[str] = []
+    hooked: list[str] = []
+    for key in selected:
+        old = layers[key]
+        name = names_of[key][0]
+        note = ""
+        if target == "rmsnorm" and old.affine and copy_affine:
+            note = BIAS_DROPPED_NOTE
+            bias = old.bias.detach()
+            if bias.device.type != "meta" and bool(torch.any(bias != 0)):
+                dropped_bias.append(name or ROOT_NAME)
+        entries.append(SwapEntry(name, type(old).__name__, new_type, note))
+        if dry_run:
+            continue
+        new = _new_layer(old, target)
+        if copy_affine and old.affine:
+            _copy_param(getattr(new, "weight", None), old.weight)
+            _copy_param(getattr(new, "bias", None), old.bias)
+        if _has_hooks(old):
+            hooked.append(name or ROOT_NAME)
+        replacement[key] = new
+
+    report = SwapReport(model=model, swapped=entries, target=target, dry_run=dry_run)
+    if dry_run or not replacement:
+        return report
+
+    for parent in list(model.modules()):
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in replacement:
+                setattr(parent, child_name, replacement[id(child)])
+    if id(model) in replacement:
+        report.model = replacement[id(model)]
+
+    if dropped_bias:
+        warnings.warn(
+            f"swap_batchnorm(target='rmsnorm') dropped the non-zero BatchNorm shift (beta) of "
+            f"{', '.join(dropped_bias)}: RMSNorm has no bias. Use target='layernorm' to keep it.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if hooked:
+        warnings.warn(
+            f"swap_batchnorm: hooks registered on {', '.join(hooked)} were not carried over to "
+            "the new layers; register them after the swap (put NormSwap before other callbacks).",
+            UserWarning,
+            stacklevel=2,
+        )
+    return report
