@@ -1,0 +1,534 @@
+"""``ln-diagnostics``: check, compare and summarise TensorBoard diagnostics from the shell.
+
+Commands (exit codes: 0 pass, 1 a threshold or regression failed, 2 bad usage or bad input)::
+
+    ln-diagnostics check LOGDIR --thresholds FILE [--json OUT] [--junit OUT]
+    ln-diagnostics compare BASELINE CANDIDATE [--tags GLOB]... [--rtol R] [--atol A]
+                           [--over last|mean] [--json OUT]
+    ln-diagnostics summary LOGDIR
+
+Example:
+    >>> main(["check", "lightning_logs", "--thresholds", "thresholds.toml"])  # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ln_diagnostics.tensorboard.reader import LogDirError, RunScalars, read_scalars
+from ln_diagnostics.tensorboard.tags import HEALTH, parse_tag
+from ln_diagnostics.thresholds.engine import (
+    RuleResult,
+    closest_tags,
+    describe_unmatched,
+    evaluate,
+)
+from ln_diagnostics.thresholds.rules import Rule, RuleError, load_rules
+
+PROG = "ln-diagnostics"
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class InputError(ValueError):
+    """Bad input found by a command; reported as one line on stderr with exit code 2."""
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no NaN or infinity: non-finite values become ``"nan"``, ``"inf"``, ``"-inf"``."""
+    return value if math.isfinite(value) else str(value)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    rows = [list(headers), *(list(row) for row in rows)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _write_text(path: str, text: str, what: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise InputError(
+            f"cannot write the {what} to '{path}': {error.strerror or error}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- check
+
+
+def _check(args: argparse.Namespace) -> int:
+    rules = load_rules(args.thresholds)
+    runs = read_scalars(args.logdir)
+    evaluations = {run: evaluate(rules, scalars) for run, scalars in runs.items()}
+    all_tags: dict[str, list[tuple[int, float]]] = {}
+    for scalars in runs.values():
+        for tag, points in scalars.items():
+            all_tags.setdefault(tag, []).extend(points)
+    skipped: list[tuple[Rule, str]] = []
+    for rule in rules:
+        if all(rule in evaluation.unmatched for evaluation in evaluations.values()):
+            reason = describe_unmatched(rule, all_tags)
+            if not rule.optional:
+                where = "any run" if len(runs) > 1 else f"run '{next(iter(runs))}'"
+                raise InputError(
+                    f"{args.thresholds}: {reason} (searched {where} under '{args.logdir}'); "
+                    "fix the glob or set optional = true"
+                )
+            skipped.append((rule, reason))
+
+    results = [
+        (run, result) for run, evaluation in evaluations.items() for result in evaluation.results
+    ]
+    results.sort(key=lambda item: rules.index(item[1].rule))
+    print(
+        _table(
+            ["RULE", "RUN", "TAG", "VALUE", "STEP", "BOUND", "OVER", "RESULT"],
+            [
+                [
+                    r.rule.label,
+                    run,
+                    r.tag,
+                    _fmt(r.value),
+                    str(r.step),
+                    r.bound,
+                    r.rule.over,
+                    "PASS" if r.passed else "FAIL",
+                ]
+                for run, r in results
+            ],
+        )
+    )
+    for _rule, reason in skipped:
+        print(f"SKIP {reason} (optional)")
+    failed = sum(not r.passed for _, r in results)
+    print(
+        f"{len(results)} checks: {len(results) - failed} passed, {failed} failed"
+        + (f", {len(skipped)} optional rules skipped" if skipped else "")
+    )
+    if args.json:
+        _write_text(args.json, _check_json(args, results, skipped), "JSON report")
+    if args.junit:
+        _write_text(args.junit, _check_junit(rules, results, skipped), "JUnit report")
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def _check_json(
+    args: argparse.Namespace,
+    results: Sequence[tuple[str, RuleResult]],
+    skipped: Sequence[tuple[Rule, str]],
+) -> str:
+    failed = sum(not r.passed for _, r in results)
+    report = {
+        "command": "check",
+        "logdir": str(args.logdir),
+        "thresholds": str(args.thresholds),
+        "passed": failed == 0,
+        "counts": {"checks": len(results), "failed": failed, "skipped": len(skipped)},
+        "results": [
+            {
+                "rule": r.rule.label,
+                "pattern": r.rule.tag,
+                "over": r.rule.over,
+                "run": run,
+                "tag": r.tag,
+                "value": _json_number(r.value),
+                "step": r.step,
+                "min": r.rule.min,
+                "max": r.rule.max,
+                "bound": r.bound,
+                "points": r.points,
+                "passed": r.passed,
+            }
+            for run, r in results
+        ],
+        "skipped": [
+            {"rule": rule.label, "pattern": rule.tag, "reason": why} for rule, why in skipped
+        ],
+    }
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"
+
+
+def _check_junit(
+    rules: Sequence[Rule],
+    results: Sequence[tuple[str, RuleResult]],
+    skipped: Sequence[tuple[Rule, str]],
+) -> str:
+    """One ``<testsuite>`` per rule, one ``<testcase>`` per (run, tag)."""
+    root = ET.Element("testsuites", name=f"{PROG} check")
+    totals = {"tests": 0, "failures": 0, "skipped": 0}
+    for rule in rules:
+        cases = [(run, r) for run, r in results if r.rule is rule]
+        reasons = [why for skipped_rule, why in skipped if skipped_rule is rule]
+        failures = sum(not r.passed for _, r in cases)
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            name=rule.label,
+            tests=str(len(cases) + len(reasons)),
+            failures=str(failures),
+            errors="0",
+            skipped=str(len(reasons)),
+        )
+        for run, r in cases:
+            case = ET.SubElement(suite, "testcase", classname=rule.label, name=f"{run}:{r.tag}")
+            if not r.passed:
+                message = (
+                    f"{r.tag} = {_fmt(r.value)} at step {r.step} ({r.bound}, over {rule.over})"
+                )
+                failure = ET.SubElement(case, "failure", message=message, type="ThresholdViolation")
+                failure.text = f"rule {rule.label!r} pattern {rule.tag!r} run {run!r}: {message}"
+        for why in reasons:
+            case = ET.SubElement(suite, "testcase", classname=rule.label, name=rule.tag)
+            ET.SubElement(case, "skipped", message=why)
+        totals["tests"] += len(cases) + len(reasons)
+        totals["failures"] += failures
+        totals["skipped"] += len(reasons)
+    for key, value in totals.items():
+        root.set(key, str(value))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def _reduce(points: Sequence[tuple[int, float]], over: str) -> float:
+    if over == "mean":
+        return sum(value for _, value in points) / len(points)
+    return max(enumerate(points), key=lambda item: (item[1][0], item[0]))[1][1]
+
+
+def _differs(base: float, cand: float, rtol: float, atol: float) -> bool:
+    if math.isnan(base) or math.isnan(cand):
+        return math.isnan(base) != math.isnan(cand)
+    if math.isinf(base) or math.isinf(cand):
+        return base != cand
+    return abs(cand - base) > atol + rtol * abs(base)
+
+
+def _pair_runs(
+    base: Mapping[str, RunScalars], cand: Mapping[str, RunScalars], args: argparse.Namespace
+) -> list[tuple[str, str]]:
+    if len(base) == 1 and len(cand) == 1:
+        return [(next(iter(base)), next(iter(cand)))]
+    common = sorted(set(base) & set(cand))
+    if not common:
+        raise InputError(
+            f"no run to compare: '{args.baseline}' holds {', '.join(sorted(base))} and "
+            f"'{args.candidate}' holds {', '.join(sorted(cand))}; with several runs on a side, "
+            "runs are matched by their path relative to BASELINE and CANDIDATE"
+        )
+    return [(run, run) for run in common]
+
+
+def _compare(args: argparse.Namespace) -> int:
+    base_runs = read_scalars(args.baseline)
+    cand_runs = read_scalars(args.candidate)
+    pairs = _pair_runs(base_runs, cand_runs, args)
+    globs = args.tags or ["*"]
+    all_tags = {tag for runs in (base_runs, cand_runs) for s in runs.values() for tag in s}
+    for glob in globs:
+        if not any(fnmatch.fnmatchcase(tag, glob) for tag in all_tags):
+            close = closest_tags(glob, all_tags)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise InputError(f"--tags {glob!r} matches no scalar tag on either side{hint}")
+
+    report: list[dict[str, Any]] = []
+    total = differing = 0
+    for base_name, cand_name in pairs:
+        base = {t: p for t, p in base_runs[base_name].items() if _selected(t, globs)}
+        cand = {t: p for t, p in cand_runs[cand_name].items() if _selected(t, globs)}
+        common = [tag for tag in base if tag in cand]
+        rows, entries = [], []
+        for tag in common:
+            b, c = _reduce(base[tag], args.over), _reduce(cand[tag], args.over)
+            differs = _differs(b, c, args.rtol, args.atol)
+            rel = (c - b) / abs(b) if b != 0 and math.isfinite(b) and math.isfinite(c) else None
+            rows.append(
+                [
+                    tag,
+                    _fmt(b),
+                    _fmt(c),
+                    f"{c - b:+.3g}",
+                    "n/a" if rel is None else f"{rel * 100:+.3g}%",
+                    "DIFF" if differs else "ok",
+                ]
+            )
+            entries.append(
+                {
+                    "tag": tag,
+                    "baseline": _json_number(b),
+                    "candidate": _json_number(c),
+                    "relative_change": rel,
+                    "differs": differs,
+                }
+            )
+            differing += differs
+        total += len(common)
+        only_base = [tag for tag in base if tag not in cand]
+        only_cand = [tag for tag in cand if tag not in base]
+        label = base_name if base_name == cand_name else f"{base_name} vs {cand_name}"
+        print(f"run {label}: {args.over} value per tag")
+        if rows:
+            print(_table(["TAG", "BASELINE", "CANDIDATE", "DELTA", "REL", "RESULT"], rows))
+        else:
+            print("(no tag in common)")
+        if only_base:
+            print(f"only in baseline ({len(only_base)}): {', '.join(only_base)}")
+        if only_cand:
+            print(f"only in candidate ({len(only_cand)}): {', '.join(only_cand)}")
+        report.append(
+            {
+                "baseline_run": base_name,
+                "candidate_run": cand_name,
+                "tags": entries,
+                "only_in_baseline": only_base,
+                "only_in_candidate": only_cand,
+            }
+        )
+    for name in sorted(set(base_runs) - {b for b, _ in pairs}):
+        print(f"run only in baseline, not compared: {name}")
+    for name in sorted(set(cand_runs) - {c for _, c in pairs}):
+        print(f"run only in candidate, not compared: {name}")
+    if total == 0:
+        raise InputError(
+            f"'{args.baseline}' and '{args.candidate}' have no scalar tag in common"
+            + (f" among --tags {' '.join(globs)}" if args.tags else "")
+        )
+    print(
+        f"{total} tags compared, {differing} differ beyond "
+        f"|candidate - baseline| > atol + rtol*|baseline| (atol={args.atol:g}, rtol={args.rtol:g})"
+    )
+    if args.json:
+        document = {
+            "command": "compare",
+            "baseline": str(args.baseline),
+            "candidate": str(args.candidate),
+            "over": args.over,
+            "rtol": args.rtol,
+            "atol": args.atol,
+            "passed": differing == 0,
+            "compared": total,
+            "differing": differing,
+            "runs": report,
+        }
+        _write_text(
+            args.json, json.dumps(document, indent=2, allow_nan=False) + "\n", "JSON report"
+        )
+    return EXIT_FAIL if differing else EXIT_OK
+
+
+def _selected(tag: str, globs: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(tag, glob) for glob in globs)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _summary(args: argparse.Namespace) -> int:
+    runs = read_scalars(args.logdir)
+    for index, (run, scalars) in enumerate(runs.items()):
+        if index:
+            print()
+        last_step = max((s for points in scalars.values() for s, _ in points), default=0)
+        print(f"run {run} (latest values, last step {last_step})")
+        layers: dict[str, dict[str, float]] = {}
+        columns: dict[str, None] = {}
+        health: list[list[str]] = []
+        other: list[list[str]] = []
+        for tag, points in scalars.items():
+            if not points:
+                continue
+            step, value = max(enumerate(points), key=lambda item: (item[1][0], item[0]))[1]
+            parsed = parse_tag(tag)
+            if parsed is None:
+                other.append([tag, _fmt(value), str(step)])
+            elif parsed.group == HEALTH:
+                health.append([tag, _fmt(value), str(step)])
+            else:
+                assert parsed.layer is not None  # per-layer groups always carry a layer
+                prefix = tag[: len(tag) - len(f"{parsed.group}/{parsed.stat}/{parsed.layer}")]
+                column = f"{parsed.group}/{parsed.stat}"
+                columns.setdefault(column)
+                layers.setdefault(prefix + parsed.layer, {})[column] = value
+        if layers:
+            print(
+                _table(
+                    ["LAYER", *columns],
+                    [
+                        [layer, *(_fmt(v[c]) if c in v else "-" for c in columns)]
+                        for layer, v in layers.items()
+                    ],
+                )
+            )
+        if health:
+            print(_table(["HEALTH", "VALUE", "STEP"], health))
+        if other:
+            print(_table(["OTHER SCALAR", "VALUE", "STEP"], other))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number; got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number; got {text!r}")
+    return value
+
+
+_CHECK_EPILOG = """\
+threshold file (TOML), one [[rule]] table per rule:
+  [[rule]]
+  name = "no exploding gradients"   # optional label
+  tag = "gradients/norm/*"          # glob over scalar tags ('*' crosses '/')
+  max = 10.0                        # min and/or max
+  over = "all"                      # all | last | mean | max | min
+  after_step = 100                  # ignore warm-up steps
+  optional = false                  # matching no tag is an error unless optional
+
+example:
+  ln-diagnostics check lightning_logs --thresholds thresholds.toml --junit report.xml
+
+exit codes: 0 all rules pass, 1 a rule failed, 2 bad usage or bad input
+"""
+
+_COMPARE_EPILOG = """\
+A tag differs when |candidate - baseline| > atol + rtol * |baseline|, in either direction
+(a diagnostic has no universal "better" side). NaN equals only NaN. Tags on one side only
+are listed but do not fail. With one run per side the two are compared; with several, runs
+are matched by their path relative to BASELINE and CANDIDATE.
+
+example:
+  ln-diagnostics compare runs/main runs/feature --tags 'gradients/norm/*' --rtol 0.2
+
+exit codes: 0 no difference beyond tolerance, 1 a difference, 2 bad usage or bad input
+"""
+
+_SUMMARY_EPILOG = """\
+Rows are layers in the order they were first logged, columns the group/stat pairs present
+(activations/std, gradients/norm, ...); health/ scalars and other scalars follow.
+
+example:
+  ln-diagnostics summary lightning_logs/version_0
+
+exit codes: 0 printed, 2 bad usage or bad input
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ln-diagnostics`` argument parser (one sub-parser per command)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Check, compare and summarise ln-diagnostics TensorBoard logs.",
+        epilog="exit codes: 0 pass, 1 a threshold or regression failed, 2 bad usage or input",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    check = commands.add_parser(
+        "check",
+        help="check every run under LOGDIR against threshold rules",
+        description="Check every scalar of every run under LOGDIR against threshold rules.",
+        epilog=_CHECK_EPILOG,
+        formatter_class=formatter,
+    )
+    check.add_argument(
+        "logdir", metavar="LOGDIR", help="TensorBoard log directory (searched recursively)"
+    )
+    check.add_argument("--thresholds", required=True, metavar="FILE", help="TOML threshold file")
+    check.add_argument("--json", metavar="OUT", help="also write a JSON report to OUT")
+    check.add_argument("--junit", metavar="OUT", help="also write a JUnit XML report to OUT")
+    check.set_defaults(handler=_check)
+
+    compare = commands.add_parser(
+        "compare",
+        help="compare the scalars of two log directories",
+        description="Compare the last (or mean) value of every scalar tag of two log directories.",
+        epilog=_COMPARE_EPILOG,
+        formatter_class=formatter,
+    )
+    compare.add_argument("baseline", metavar="BASELINE", help="log directory of the reference run")
+    compare.add_argument("candidate", metavar="CANDIDATE", help="log directory of the new run")
+    compare.add_argument(
+        "--tags",
+        action="append",
+        metavar="GLOB",
+        help="only compare tags matching GLOB (repeatable; default: all tags)",
+    )
+    compare.add_argument(
+        "--rtol", type=_non_negative, default=0.1, help="relative tolerance (default 0.1)"
+    )
+    compare.add_argument(
+        "--atol", type=_non_negative, default=0.0, help="absolute tolerance (default 0)"
+    )
+    compare.add_argument(
+        "--over",
+        choices=("last", "mean"),
+        default="last",
+        help="value compared per tag: the last point or the mean of all points (default last)",
+    )
+    compare.add_argument("--json", metavar="OUT", help="also write a JSON report to OUT")
+    compare.set_defaults(handler=_compare)
+
+    summary = commands.add_parser(
+        "summary",
+        help="print the latest value of every diagnostic, layer by layer",
+        description="Print the latest value of every diagnostic as a per-layer table.",
+        epilog=_SUMMARY_EPILOG,
+        formatter_class=formatter,
+    )
+    summary.add_argument(
+        "logdir", metavar="LOGDIR", help="TensorBoard log directory (searched recursively)"
+    )
+    summary.set_defaults(handler=_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``ln-diagnostics`` command line and return its exit code.
+
+    Args:
+        argv: the arguments after the program name; ``None`` reads ``sys.argv[1:]``.
+
+    Returns:
+        0 when everything passed, 1 when a threshold or comparison failed, 2 on bad usage or
+        bad input (after printing one line that names the file, key or line on stderr).
+
+    Example:
+        >>> main(["summary", "does/not/exist"])  # doctest: +SKIP
+        2
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) and usage errors (2)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
+    try:
+        return int(args.handler(args))
+    except (RuleError, LogDirError, InputError) as error:
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -1,0 +1,263 @@
+"""Threshold rules: parse and validate the ``[[rule]]`` tables of a threshold file.
+
+A threshold file is TOML with one ``[[rule]]`` table per rule:
+
+.. code-block:: toml
+
+    [[rule]]
+    name = "no exploding gradients"   # optional label
+    tag = "gradients/norm/*"          # required: glob over scalar tags ('*' may cross '/')
+    max = 10.0                        # min and/or max, at least one
+    over = "all"                      # all (default) | last | mean | max | min
+    after_step = 0                    # only steps >= after_step count (warm-up)
+    optional = false                  # a rule that matches no tag is an error unless optional
+
+This module is pure Python (no Lightning, no TensorBoard) so the callback and the CLI share it.
+
+Example:
+    >>> rules = parse_rules([{"tag": "gradients/norm/*", "max": 10.0}], source="rules")
+    >>> rules[0].label, rules[0].bound_text
+    ('gradients/norm/*', 'max 10')
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+Over = Literal["all", "last", "mean", "max", "min"]
+OVER_CHOICES: tuple[str, ...] = ("all", "last", "mean", "max", "min")
+RULE_KEYS: tuple[str, ...] = ("name", "tag", "min", "max", "over", "after_step", "optional")
+_RULE_HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
+
+
+class RuleError(ValueError):
+    """A threshold file or rule list is malformed.
+
+    The message names the file (or argument), the rule and key, what was expected and what was
+    received, e.g. ``thresholds.toml:4: rule 1 ('grad'): key 'over' must be one of all, last,
+    mean, max, min; got 'median'``.
+    """
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validated threshold rule.
+
+    Attributes:
+        tag: glob over scalar tags, matched with :func:`fnmatch.fnmatchcase` (``*`` crosses ``/``).
+        min: lower bound (inclusive), or ``None``.
+        max: upper bound (inclusive), or ``None``.
+        over: how the logged steps of one tag are reduced: ``"all"`` checks every point,
+            ``"last"``/``"mean"``/``"max"``/``"min"`` check one aggregate value.
+        after_step: points logged at a step below this are ignored.
+        optional: when ``False`` a rule that matches no tag is an error.
+        name: an optional label; :attr:`label` falls back to the tag pattern.
+
+    Example:
+        >>> Rule(tag="health/grad_norm_total", max=100.0, over="max").bound_text
+        'max 100'
+    """
+
+    tag: str
+    min: float | None = None
+    max: float | None = None
+    over: Over = "all"
+    after_step: int = 0
+    optional: bool = False
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """The rule's name, or its tag pattern when unnamed."""
+        return self.name or self.tag
+
+    @property
+    def bound_text(self) -> str:
+        """The bounds in words, e.g. ``"min 0, max 10"``."""
+        parts = []
+        if self.min is not None:
+            parts.append(f"min {self.min:g}")
+        if self.max is not None:
+            parts.append(f"max {self.max:g}")
+        return ", ".join(parts)
+
+    @property
+    def key(self) -> str:
+        """A stable identity used in callback state (label plus every setting)."""
+        return (
+            f"{self.label}|{self.tag}|{self.over}|{self.min}|{self.max}|"
+            f"{self.after_step}|{self.optional}"
+        )
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_one(raw: Any, where: str) -> Rule:
+    if not isinstance(raw, Mapping):
+        raise RuleError(f"{where}: expected a table of rule keys; got {_type_name(raw)} {raw!r}")
+    name = raw.get("name", "")
+    if not isinstance(name, str):
+        raise RuleError(f"{where}: key 'name' must be a string; got {_type_name(name)} {name!r}")
+    if name:
+        where = f"{where} ({name!r})"
+    unknown = [key for key in raw if key not in RULE_KEYS]
+    if unknown:
+        raise RuleError(
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(k) for k in unknown)}; valid keys: {', '.join(RULE_KEYS)}"
+        )
+    if "tag" not in raw:
+        raise RuleError(f"{where}: missing required key 'tag' (a glob such as 'gradients/norm/*')")
+    pattern = raw["tag"]
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise RuleError(
+            f"{where}: key 'tag' must be a non-empty string glob such as 'gradients/norm/*'; "
+            f"got {_type_name(pattern)} {pattern!r}"
+        )
+    bounds: dict[str, float | None] = {}
+    for key in ("min", "max"):
+        value = raw.get(key)
+        if value is not None and (not _is_number(value) or math.isnan(value)):
+            raise RuleError(
+                f"{where}: key {key!r} must be a number; got {_type_name(value)} {value!r}"
+            )
+        bounds[key] = None if value is None else float(value)
+    low, high = bounds["min"], bounds["max"]
+    if low is None and high is None:
+        raise RuleError(f"{where}: expected at least one of 'min' or 'max'; got neither")
+    if low is not None and high is not None and low > high:
+        raise RuleError(f"{where}: 'min' must not exceed 'max'; got min = {low:g} > max = {high:g}")
+    over = raw.get("over", "all")
+    if over not in OVER_CHOICES:
+        raise RuleError(
+            f"{where}: key 'over' must be one of {', '.join(OVER_CHOICES)}; got {over!r}"
+        )
+    after_step = raw.get("after_step", 0)
+    if not isinstance(after_step, int) or isinstance(after_step, bool) or after_step < 0:
+        raise RuleError(
+            f"{where}: key 'after_step' must be a non-negative integer; "
+            f"got {_type_name(after_step)} {after_step!r}"
+        )
+    optional = raw.get("optional", False)
+    if not isinstance(optional, bool):
+        raise RuleError(
+            f"{where}: key 'optional' must be true or false; "
+            f"got {_type_name(optional)} {optional!r}"
+        )
+    return Rule(
+        tag=pattern,
+        min=low,
+        max=high,
+        over=over,
+        after_step=after_step,
+        optional=optional,
+        name=name,
+    )
+
+
+def parse_rules(
+    raw_rules: Any, *, source: str = "rules", lines: Sequence[int] | None = None
+) -> tuple[Rule, ...]:
+    """Validate a list of rule mappings.
+
+    Args:
+        raw_rules: a list of dicts with the keys of a ``[[rule]]`` table.
+        source: what to call the input in messages (an argument name or a file path).
+        lines: optional 1-based line of each rule's header, used in messages.
+
+    Returns:
+        The rules, in input order.
+
+    Raises:
+        RuleError: naming the source, the rule, the key, what was expected and what was received.
+
+    Example:
+        >>> parse_rules([{"tag": "health/*", "min": 0}])[0].min
+        0.0
+        >>> parse_rules([{"tag": "health/*"}])
+        Traceback (most recent call last):
+        ...
+        ln_diagnostics.thresholds.rules.RuleError: rules: rule 1: expected at least one of \
+'min' or 'max'; got neither
+    """
+    if isinstance(raw_rules, (str, bytes)) or not isinstance(raw_rules, Sequence):
+        raise RuleError(
+            f"{source}: expected a list of rules (tables with keys {', '.join(RULE_KEYS)}); "
+            f"got {_type_name(raw_rules)}"
+        )
+    if not raw_rules:
+        raise RuleError(f"{source}: expected at least one rule; got none")
+    rules = []
+    for index, raw in enumerate(raw_rules):
+        line = f":{lines[index]}" if lines is not None and index < len(lines) else ""
+        rules.append(_parse_one(raw, f"{source}{line}: rule {index + 1}"))
+    return tuple(rules)
+
+
+def load_rules(path: str | os.PathLike[str]) -> tuple[Rule, ...]:
+    """Read and validate a TOML threshold file.
+
+    Args:
+        path: the threshold file.
+
+    Returns:
+        The rules, in file order.
+
+    Raises:
+        RuleError: the file is missing, not valid TOML (the message gives line and column),
+            has keys other than ``rule``, or a rule is invalid.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> file = pathlib.Path(tempfile.mkdtemp()) / "t.toml"
+        >>> _ = file.write_text('[[rule]]\\ntag = "gradients/norm/*"\\nmax = 10.0\\n')
+        >>> load_rules(file)[0].max
+        10.0
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RuleError(f"threshold file '{file}' does not exist") from None
+    except IsADirectoryError:
+        raise RuleError(f"threshold file '{file}' is a directory; expected a TOML file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RuleError(f"cannot read threshold file '{file}': {error}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RuleError(f"threshold file '{file}' is not valid TOML: {error}") from None
+    unknown = [key for key in data if key != "rule"]
+    if unknown:
+        raise RuleError(
+            f"{file}: unknown top-level key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(k) for k in unknown)}; expected only [[rule]] tables"
+        )
+    if "rule" not in data:
+        raise RuleError(f"{file}: expected at least one [[rule]] table; got none")
+    raw_rules = data["rule"]
+    if not isinstance(raw_rules, list):
+        raise RuleError(
+            f"{file}: 'rule' must be an array of tables written as [[rule]]; "
+            f"got {_type_name(raw_rules)}"
+        )
+    headers = [n for n, line in enumerate(text.splitlines(), 1) if _RULE_HEADER.match(line)]
+    lines = headers if len(headers) == len(raw_rules) else None
+    return parse_rules(raw_rules, source=str(file), lines=lines)

@@ -1,0 +1,133 @@
+"""Rule evaluation over (step, value) series, against hand-computed expectations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ln_diagnostics.thresholds.engine import (
+    closest_tags,
+    describe_unmatched,
+    evaluate,
+    evaluate_series,
+    is_settled,
+    select,
+    value_passes,
+)
+from ln_diagnostics.thresholds.rules import Rule
+
+NAN, INF = math.nan, math.inf
+SERIES = [(0, 1.0), (1, 12.0), (2, 3.0), (3, 11.0)]
+
+
+@pytest.mark.parametrize(
+    ("rule", "points", "value", "step", "passed"),
+    [
+        # over="all": the point furthest beyond (or closest to) a bound
+        (Rule(tag="t", max=10.0), SERIES, 12.0, 1, False),
+        (Rule(tag="t", max=20.0), SERIES, 12.0, 1, True),
+        (Rule(tag="t", min=0.5, max=20.0), SERIES, 1.0, 0, True),
+        (Rule(tag="t", min=2.0, max=11.5), SERIES, 1.0, 0, False),
+        (Rule(tag="t", min=2.0, max=11.5), [(0, 1.9), (1, 12.0)], 12.0, 1, False),
+        (Rule(tag="t", max=10.0), [(0, 1.0), (1, NAN), (2, 50.0), (3, NAN)], NAN, 1, False),
+        (Rule(tag="t", max=10.0), [(0, INF)], INF, 0, False),
+        (Rule(tag="t", min=0.0), [(0, INF)], INF, 0, True),
+        (Rule(tag="t", min=0.0), [(0, -INF), (1, 1.0)], -INF, 0, False),
+        (Rule(tag="t", max=10.0), [(0, 10.0)], 10.0, 0, True),  # bounds are inclusive
+        # aggregates
+        (Rule(tag="t", max=10.0, over="last"), SERIES, 11.0, 3, False),
+        (Rule(tag="t", max=10.0, over="last"), [(0, NAN), (1, 2.0)], 2.0, 1, True),
+        (Rule(tag="t", max=10.0, over="last"), [(0, 2.0), (1, NAN)], NAN, 1, False),
+        (Rule(tag="t", max=10.0, over="max"), SERIES, 12.0, 1, False),
+        (Rule(tag="t", min=2.0, over="min"), SERIES, 1.0, 0, False),
+        (Rule(tag="t", max=6.0, over="mean"), SERIES, 6.75, 3, False),
+        (Rule(tag="t", max=7.0, over="mean"), SERIES, 6.75, 3, True),
+        (Rule(tag="t", max=100.0, over="mean"), [(0, 1.0), (1, NAN), (2, 1.0)], NAN, 1, False),
+        (Rule(tag="t", max=100.0, over="max"), [(0, 1.0), (1, NAN)], NAN, 1, False),
+        (Rule(tag="t", min=-1.0, over="min"), [(0, NAN), (1, 1.0)], NAN, 0, False),
+    ],
+)
+def test_evaluate_series(rule, points, value, step, passed):
+    result = evaluate_series(rule, "t", points)
+    assert (math.isnan(result.value) and math.isnan(value)) or result.value == value
+    assert (result.step, result.passed, result.points) == (step, passed, len(points))
+
+
+def test_evaluate_series_needs_points():
+    with pytest.raises(ValueError, match="no points for tag 't'"):
+        evaluate_series(Rule(tag="t", max=1.0), "t", [])
+
+
+def test_value_passes():
+    rule = Rule(tag="t", min=-1.0, max=1.0)
+    assert [value_passes(rule, v) for v in (-1.0, 0.0, 1.0, 1.01, -INF, INF, NAN)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_select_filters_after_step_sorts_and_drops_empty():
+    rule = Rule(tag="gradients/*", max=1.0, after_step=2)
+    series = {
+        "gradients/norm/b": [(3, 1.0), (2, 5.0), (1, 9.0)],
+        "gradients/norm/a": [(0, 1.0)],
+        "health/grad_norm_total": [(5, 1.0)],
+    }
+    assert select(rule, series) == {"gradients/norm/b": [(2, 5.0), (3, 1.0)]}
+
+
+@pytest.mark.parametrize(
+    ("rule", "value", "settled"),
+    [
+        (Rule(tag="t", max=1.0), 2.0, True),
+        (Rule(tag="t", max=1.0, over="max"), 2.0, True),
+        (Rule(tag="t", min=1.0, over="max"), 0.0, False),
+        (Rule(tag="t", min=1.0, over="min"), 0.0, True),
+        (Rule(tag="t", max=1.0, over="min"), 2.0, False),
+        (Rule(tag="t", max=1.0, over="mean"), 2.0, False),
+        (Rule(tag="t", max=1.0, over="mean"), NAN, True),
+        (Rule(tag="t", max=1.0, over="last"), NAN, False),
+        (Rule(tag="t", max=1.0, over="max"), 0.5, False),
+    ],
+)
+def test_is_settled(rule, value, settled):
+    assert is_settled(evaluate_series(rule, "t", [(0, value)])) is settled
+
+
+def test_evaluate_orders_results_and_reports_unmatched():
+    rules = [
+        Rule(tag="gradients/norm/*", max=10.0),
+        Rule(tag="health/*", max=1.0, after_step=100),
+        Rule(tag="nope/*", max=1.0, optional=True),
+    ]
+    series = {
+        "gradients/norm/b": [(0, 20.0)],
+        "gradients/norm/a": [(0, 1.0)],
+        "health/loss": [(0, 0.5)],
+    }
+    evaluation = evaluate(rules, series)
+    assert [(r.tag, r.passed) for r in evaluation.results] == [
+        ("gradients/norm/a", True),
+        ("gradients/norm/b", False),
+    ]
+    assert evaluation.unmatched == (rules[1], rules[2])
+    assert not evaluation.passed
+
+
+def test_closest_and_describe_unmatched():
+    tags = ["gradients/norm/net.0", "activations/std/net.0", "health/grad_norm_total"]
+    assert closest_tags("gradients/nrm/*", tags)[0] == "gradients/norm/net.0"
+    assert closest_tags("zzz", tags) == []
+    series = {tag: [(0, 1.0), (7, 1.0)] for tag in tags}
+    message = describe_unmatched(Rule(tag="gradients/nrm/*", max=1.0), series)
+    assert message.startswith("rule 'gradients/nrm/*' matches no scalar tag; closest: grad")
+    message = describe_unmatched(Rule(tag="health/*", max=1.0, after_step=50), series)
+    assert "matches 1 tag but none has a point at step >= after_step = 50" in message
+    assert "(last logged step: 7)" in message
+    assert describe_unmatched(Rule(tag="x", max=1.0), {}).endswith("no scalar tags at all")
