@@ -47,7 +47,9 @@ def resolve_types(types: Sequence[type | str]) -> tuple[type, ...]:
                     f"class such as 'torch.nn.Linear'): {exc}"
                 ) from None
         if not (isinstance(entry, type) and issubclass(entry, nn.Module)):
-            raise ValueError(f"types: expected nn.Module classes or their dotted paths; got {entry!r}")
+            raise ValueError(
+                f"types: expected nn.Module classes or their dotted paths; got {entry!r}"
+            )
         resolved.append(entry)
     return tuple(resolved)
 
@@ -55,8 +57,10 @@ def resolve_types(types: Sequence[type | str]) -> tuple[type, ...]:
 def _default_pick(module: nn.Module) -> bool:
     is_leaf = next(module.children(), None) is None
     has_own_params = next(module.parameters(recurse=False), None) is not None
-    return (is_leaf and has_own_params) or is_norm_module(module) or isinstance(
-        module, _ACTIVATION_TYPES
+    return (
+        (is_leaf and has_own_params)
+        or is_norm_module(module)
+        or isinstance(module, _ACTIVATION_TYPES)
     )
 
 
