@@ -1,0 +1,137 @@
+"""Side-effect-free extra forward passes: RNG and buffer snapshots, batch helpers.
+
+The covariate-shift and ICS probes run forward passes that training never asked for. To leave
+the training trajectory bit-for-bit unchanged they restore, afterwards, the random number
+generators (CPU and every initialised CUDA device) and every buffer of the model (BatchNorm
+running statistics and ``num_batches_tracked``, spectral-norm vectors, ...).
+
+Example:
+    >>> import torch
+    >>> state = RNGState.capture()
+    >>> a = torch.rand(2)
+    >>> state.restore()
+    >>> torch.equal(a, torch.rand(2))
+    True
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+#: ``forward(model, batch)`` runs a model on a batch; its return value is ignored by the probes.
+ForwardFn = Callable[[nn.Module, Any], Any]
+
+
+def _cuda_ready() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+@dataclass
+class RNGState:
+    """The state of the CPU generator and of every initialised CUDA device's generator."""
+
+    cpu: Tensor
+    cuda: list[Tensor] | None
+
+    @classmethod
+    def capture(cls) -> RNGState:
+        """Snapshot the generators now."""
+        return cls(torch.get_rng_state(), torch.cuda.get_rng_state_all() if _cuda_ready() else None)
+
+    def restore(self) -> None:
+        """Put the generators back exactly as captured."""
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def seed_generators(seed: int) -> None:
+    """Seed the CPU generator and initialised CUDA generators (no lazy CUDA seeding is queued,
+    so a later CUDA initialisation keeps the seed the user chose)."""
+    torch.default_generator.manual_seed(seed)
+    if _cuda_ready():
+        torch.cuda.manual_seed_all(seed)
+
+
+@contextmanager
+def preserved_state(model: nn.Module, *, seed: int | None = None) -> Iterator[None]:
+    """Run the block, then restore the RNG state and all of ``model``'s buffers exactly.
+
+    ``seed`` seeds the generators inside the block (a probe then draws the same dropout masks
+    every time it runs); the run's own RNG state is restored on exit either way.
+    """
+    rng = RNGState.capture()
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        if seed is not None:
+            seed_generators(seed)
+        yield
+    finally:
+        with torch.no_grad():
+            for live, saved in buffers:
+                live.copy_(saved)
+        rng.restore()
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """Run ``model`` on ``batch``: ``model(batch)`` for a tensor, ``model(**batch)`` for a
+    mapping, and for a tuple or list as many leading items as ``forward`` takes positional
+    parameters: ``model(x)`` for an ``(x, y)`` batch and ``forward(self, x)``, ``model(x, y)``
+    for ``forward(self, inputs, target)``.
+    """
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch[: _positional_arity(model, len(batch))])
+    return model(batch)
+
+
+def _positional_arity(model: nn.Module, available: int) -> int:
+    """How many positional arguments ``model.forward`` accepts, capped at ``available``."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return available
+    kinds = [p.kind for p in parameters]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return available
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return min(available, max(1, sum(kind in positional for kind in kinds)))
+
+
+def map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """Apply ``fn`` to every tensor in nested tuples, lists and dicts (others left as they are)."""
+    if isinstance(batch, Tensor):
+        return fn(batch)
+    if isinstance(batch, Mapping):
+        return type(batch)((k, map_tensors(v, fn)) for k, v in batch.items())
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(map_tensors(v, fn) for v in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(map_tensors(v, fn) for v in batch)
+    return batch
+
+
+def detached_copy(batch: Any) -> Any:
+    """A copy of ``batch`` whose tensors are detached clones (the training step may mutate its
+    batch in place; the probe's batch must stay fixed)."""
+    return map_tensors(batch, lambda t: t.detach().clone())
+
+
+def is_plain(batch: Any) -> bool:
+    """True when ``batch`` is made only of tensors, numbers, strings, ``None`` and plain
+    tuples/lists/dicts — what ``torch.load(weights_only=True)`` can read back."""
+    if batch is None or isinstance(batch, (Tensor, bool, int, float, str)):
+        return True
+    if type(batch) in (tuple, list):
+        return all(is_plain(v) for v in batch)
+    if type(batch) is dict:
+        return all(isinstance(k, (str, int)) and is_plain(v) for k, v in batch.items())
+    return False
