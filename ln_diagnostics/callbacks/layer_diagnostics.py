@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -10,8 +10,11 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
 from ln_diagnostics._validate import check_optional_int
+from ln_diagnostics.callbacks._dashboard import start_dashboard, write_run_summary
 from ln_diagnostics.callbacks._logger import describe_loggers, tensorboard_writer
+from ln_diagnostics.callbacks._probes import ProbeOptions, Probes
 from ln_diagnostics.collect.collector import Collector
+from ln_diagnostics.collect.grouping import block_names
 from ln_diagnostics.collect.options import SelectionOptions
 from ln_diagnostics.collect.records import LoggedScalars, StepReport
 from ln_diagnostics.tensorboard.writer import write_report
@@ -35,6 +38,24 @@ class LayerDiagnostics(pl.Callback):
         exclude: then drop modules whose name matches one of these globs.
         track_updates: log ``updates/ratio/<layer>`` = ‖θ_{t+1} − θ_t‖ / ‖θ_t‖ (keeps a copy of
             the watched parameters during logging steps).
+        shift_every_n_steps: covariate shift of every watched layer (``shift/…`` and
+            ``health/shift_…``) on a fixed probe batch, one extra no-grad forward pass each time;
+            default: the scalar logging interval, 0 disables.
+        ics_every_n_steps: gradient-based internal covariate shift (``ics/l2``, ``ics/cos``),
+            one extra forward/backward per measured layer each time; 0 (default) disables.
+        probe_batch: the batch the shift probe runs on; default: the first training batch.
+        probe_forward: ``(module, batch) -> output`` that runs the model on the probe batch;
+            default ``module(batch)`` for a tensor, ``module(**batch)`` for a dict, and for a
+            tuple as many leading items as ``forward`` takes (``module(x)`` for ``(x, y)``).
+        ics_layers: globs of the module names ICS measures; default up to 4 evenly spaced
+            watched layers with parameters, in forward order.
+        ics_loss: ``(module, batch) -> loss`` for ICS; default: ``training_step``'s loss with
+            ``log``/``log_dict`` muted.
+        group_depth: log activation, gradient, parameter, update and backprop statistics per
+            block (the first ``group_depth`` dotted parts of the module name: with 3,
+            ``encoder.layers.3.linear1`` is logged as ``encoder.layers.3``) instead of per
+            layer, for models with thousands of modules; ``None`` (default) logs every layer.
+            See :mod:`ln_diagnostics.collect.grouping` for how statistics are merged.
 
     Attributes:
         last_logged: the scalars of the most recent logging step (read by
@@ -61,8 +82,16 @@ class LayerDiagnostics(pl.Callback):
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         track_updates: bool = True,
+        shift_every_n_steps: int | None = None,
+        ics_every_n_steps: int = 0,
+        probe_batch: Any | None = None,
+        probe_forward: Callable[[Any, Any], Any] | None = None,
+        ics_layers: str | Sequence[str] | None = None,
+        ics_loss: Callable[[Any, Any], Any] | None = None,
+        group_depth: int | None = None,
     ) -> None:
         self.every_n_steps = check_optional_int("every_n_steps", every_n_steps, minimum=1)
+        self.group_depth = check_optional_int("group_depth", group_depth, minimum=1)
         self.histogram_every_n_steps = check_optional_int(
             "histogram_every_n_steps", histogram_every_n_steps, minimum=0
         )
@@ -78,6 +107,17 @@ class LayerDiagnostics(pl.Callback):
         self._hist_every = 0
         self._begun: int | None = None
         self._paused = ExitStack()
+        self._dashboard: Any | None = None
+        self._probes = Probes(
+            ProbeOptions.create(
+                shift_every_n_steps=shift_every_n_steps,
+                ics_every_n_steps=ics_every_n_steps,
+                probe_batch=probe_batch,
+                probe_forward=probe_forward,
+                ics_layers=ics_layers,
+                ics_loss=ics_loss,
+            )
+        )
 
     @property
     def state_key(self) -> str:
@@ -114,6 +154,10 @@ class LayerDiagnostics(pl.Callback):
             self._hist_every = 0
         self._collector = self.options.build(pl_module)
         self._collector.attach()
+        if self.group_depth is not None:
+            self._collector.set_groups(block_names(self._collector.names, depth=self.group_depth))
+        self._probes.setup(trainer, pl_module, self._collector, self._every)
+        self._dashboard = start_dashboard(self, trainer, pl_module)  # None without a writer
         self._begun = None
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -126,6 +170,7 @@ class LayerDiagnostics(pl.Callback):
 
     def _release(self) -> None:
         self._paused.close()
+        self._probes.release()
         if self._collector is not None:
             self._collector.detach()
             self._collector = None
@@ -145,12 +190,14 @@ class LayerDiagnostics(pl.Callback):
             scalars=step % self._every == 0,
             histograms=self._hist_every > 0 and step % self._hist_every == 0,
         )
+        self._probes.batch_start(trainer, pl_module, batch, batch_idx, step)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         if self._collector is not None:
             self._collector.before_optimizer_step()
+            self._probes.before_optimizer_step()
 
     def on_train_batch_end(
         self,
@@ -163,9 +210,16 @@ class LayerDiagnostics(pl.Callback):
         if self._collector is None or self._begun is None or trainer.global_step == self._begun:
             return  # mid-accumulation: the optimizer step has not happened yet
         report = self._collector.end_step()
-        self._begun = None
+        step, self._begun = self._begun, None
+        probed = self._probes.batch_end()
+        if probed:  # merged into the step's report, or a report of their own
+            report = report or StepReport(step, {}, {})
+            report.scalars.update(probed)
         if report is not None:
             self._emit(report)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        write_run_summary(self, trainer)  # after every setup hook, so NormSwap has reported
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._collector is not None:
@@ -179,17 +233,22 @@ class LayerDiagnostics(pl.Callback):
         self.n_logged += 1
         if self._writer is not None:
             write_report(self._writer, report)
+        if self._dashboard is not None:
+            self._dashboard.update(report)
         for logger in self._loggers:
             logger.log_metrics(dict(report.scalars), step=report.step)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        return {"n_logged": self.n_logged}
+        return {"n_logged": self.n_logged, **self._probes.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.n_logged = int(state_dict.get("n_logged", 0))
+        self._probes.load_state_dict(state_dict)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_collector=None, _writer=None, _loggers=[], _paused=ExitStack())
+        state.update(
+            _collector=None, _writer=None, _loggers=[], _paused=ExitStack(), _dashboard=None
+        )
         return state

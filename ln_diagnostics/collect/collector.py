@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from ln_diagnostics.collect.grouping import Grouping
 from ln_diagnostics.collect.records import Histogram, StepReport
 from ln_diagnostics.collect.selection import (
     module_parameters,
@@ -140,6 +141,23 @@ class Collector:
         self._handles.clear()
         self._on = self._hist_on = False
         self._reset_step_state()
+
+    _grouping: Grouping | None = None
+
+    @property
+    def group_names(self) -> list[str] | None:
+        """Each watched layer's block name when statistics are grouped, else ``None``."""
+        return None if self._grouping is None else self._grouping.group_names
+
+    def set_groups(self, mapping: dict[str, str] | None) -> None:
+        """Report statistics per block: ``mapping`` sends layer names to block names.
+
+        Layers missing from the mapping stay on their own; ``None`` reports per layer again.
+        See :mod:`ln_diagnostics.collect.grouping` for how each statistic is merged.
+        """
+        self._grouping = None
+        if mapping is not None:
+            self._grouping = Grouping(self.names, self._saturation, self._module_params, mapping)
 
     def _reset_step_state(self) -> None:
         self._shift: dict[int, Tensor] = {}
@@ -311,11 +329,12 @@ class Collector:
             offset += size
         scalars: dict[str, float] = {}
         histograms: dict[str, Histogram] = {}
-        self._activation_scalars(chunks, scalars)
-        self._gradient_scalars(chunks, scalars)
+        view = self if self._grouping is None else self._grouping.view(self, chunks)
+        view._activation_scalars(chunks, scalars)
+        view._gradient_scalars(chunks, scalars)
         for kind, group in (("act", _ACT), ("grad", _GRAD)):
-            for i, hist in self._merge_histograms(chunks[f"{kind}_hf"], chunks[f"{kind}_hc"]):
-                histograms[self._tag(group, "hist", i)] = hist
+            for i, hist in view._merge_histograms(chunks[f"{kind}_hf"], chunks[f"{kind}_hc"]):
+                histograms[view._tag(group, "hist", i)] = hist
         return StepReport(self.step, scalars, histograms)
 
     def _activation_scalars(self, chunks: dict, scalars: dict[str, float]) -> None:

@@ -10,10 +10,15 @@ Example:
     'health/grad_norm_total'
     >>> parse_tag("activations/std/encoder.layers.0.linear1")
     ParsedTag(group='activations', stat='std', layer='encoder.layers.0.linear1')
+    >>> stat_regex("activations", "std")
+    '^activations/std/.+$'
+    >>> heatmap_tag(HEATMAP_BACKPROP)
+    'heatmaps/backprop_log10_norm'
 """
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 ACTIVATIONS = "activations"
@@ -27,6 +32,15 @@ HEALTH = "health"
 
 LAYER_GROUPS: tuple[str, ...] = (ACTIVATIONS, GRADIENTS, BACKPROP, PARAMETERS, UPDATES, SHIFT, ICS)
 GROUPS: tuple[str, ...] = (*LAYER_GROUPS, HEALTH)
+
+#: Images (depth × step heat maps) live under this top-level name, outside the scalar grammar.
+HEATMAPS = "heatmaps"
+#: ``heatmaps/backprop_log10_norm``: log10 of ``backprop/norm`` per layer and logging step.
+HEATMAP_BACKPROP = "backprop_log10_norm"
+#: ``heatmaps/activation_std``: ``activations/std`` per layer and logging step.
+HEATMAP_ACTIVATION_STD = "activation_std"
+#: The run's text summary (selected layers, options, NormSwap report).
+SUMMARY_TEXT_TAG = "diagnostics/summary"
 
 
 class ParsedTag(NamedTuple):
@@ -51,6 +65,24 @@ def tag(group: str, stat: str, layer: str, *, prefix: str = "") -> str:
 def health_tag(stat: str, *, prefix: str = "") -> str:
     """Build a model-wide tag ``{prefix}health/{stat}``."""
     return f"{prefix}{HEALTH}/{stat}"
+
+
+def heatmap_tag(name: str, *, prefix: str = "") -> str:
+    """Build an image tag ``{prefix}heatmaps/{name}``."""
+    return f"{prefix}{HEATMAPS}/{name}"
+
+
+def stat_regex(group: str, stat: str, *, prefix: str = "") -> str:
+    """A regular expression matching the tags of one statistic of every layer.
+
+    For ``health`` it matches the single model-wide tag. Used by custom-scalars charts, which
+    select their lines by regex.
+    """
+    if group == HEALTH:
+        return f"^{re.escape(health_tag(stat, prefix=prefix))}$"
+    if group not in LAYER_GROUPS:
+        raise ValueError(f"group must be one of {', '.join(GROUPS)}; got {group!r}")
+    return f"^{re.escape(f'{prefix}{group}/{stat}/')}.+$"
 
 
 def parse_tag(value: str) -> ParsedTag | None:

@@ -1,0 +1,119 @@
+"""Aggregate per-layer statistics per block, to keep the tag count of very large models in check.
+
+A *block* is a module-name prefix: with depth 2, ``encoder.layers.3.linear1`` belongs to
+``encoder.layers``, with depth 3 to ``encoder.layers.3``; names with fewer parts are their own
+block. Statistics are merged honestly, on the host, from the same numbers the per-layer values come
+from:
+
+* activation moments: the power sums of every output of the block, re-centred exactly to one
+  common shift and added, so mean, std, rms, kurtosis and zero fraction describe the pooled
+  outputs of the block's watched modules; absmax is the maximum; ``saturated_frac`` counts
+  saturated tanh/sigmoid outputs among all the block's watched outputs;
+* gradient, parameter and update norms: the norm of the block's parameters taken together
+  (root of the sum of squares, each parameter once); ratios are recomputed from those norms;
+* backprop norm: root of the sum of squares of the members' output-gradient norms;
+* histograms: bucket counts added.
+
+Example:
+    >>> block_names(["encoder.layers.0.linear1", "encoder.layers.1.norm", "head"], depth=2)
+    {'encoder.layers.0.linear1': 'encoder.layers', 'encoder.layers.1.norm': 'encoder.layers', \
+'head': 'head'}
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from math import comb
+from typing import Any
+
+__all__ = ["Grouping", "block_name", "block_names", "reshift"]
+
+#: Chunk kinds of the collector's packed layout whose key starts with the module index.
+_PER_MODULE = ("act_c", "act_hf", "act_hc", "bp", "grad_hf", "grad_hc")
+
+
+def block_name(name: str, depth: int) -> str:
+    """The first ``depth`` dotted parts of ``name``.
+
+    Example:
+        >>> block_name("encoder.layers.3.linear1", 3)
+        'encoder.layers.3'
+    """
+    return ".".join(name.split(".")[:depth])
+
+
+def block_names(names: Sequence[str], *, depth: int) -> dict[str, str]:
+    """Map every layer name to its block name."""
+    return {name: block_name(name, depth) for name in names}
+
+
+def reshift(floats: Sequence[float], n: int, shift: float) -> list[float]:
+    """Re-centre one row of shifted power sums to ``shift``, exactly (binomial expansion).
+
+    ``floats`` is a row ``(K, Σ(x−K), Σ(x−K)², Σ(x−K)³, Σ(x−K)⁴, min, max)`` over ``n`` values;
+    the result has the same layout with ``K`` replaced by ``shift``.
+
+    Example:
+        >>> xs = [1.0, 2.0, 4.0]
+        >>> row = [2.0, *(sum((x - 2.0) ** p for x in xs) for p in range(1, 5)), 1.0, 4.0]
+        >>> [round(v, 9) for v in reshift(row, 3, 0.0)[1:5]]
+        [7.0, 21.0, 73.0, 273.0]
+    """
+    k, *sums = floats[:5]
+    d = k - shift
+    powers = [float(n), *sums]  # Σ(x−K)^q for q = 0..4
+    out = [sum(comb(p, q) * powers[q] * d ** (p - q) for q in range(p + 1)) for p in range(1, 5)]
+    return [shift, *out, *floats[5:]]
+
+
+class Grouping:
+    """The block view of a collector: group names, parameters and saturation per group.
+
+    Args:
+        names: watched layer names, in the collector's index order.
+        saturation: each layer's saturation kind (``None`` for unbounded outputs).
+        module_params: each layer's parameter indices.
+        mapping: layer name → block name; layers missing from it stay on their own.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        saturation: Sequence[Any],
+        module_params: Sequence[Sequence[int]],
+        mapping: Mapping[str, str],
+    ) -> None:
+        self.group_names: list[str] = [mapping.get(name, name) for name in names]
+        self.names: list[str] = list(dict.fromkeys(self.group_names))
+        position = {name: g for g, name in enumerate(self.names)}
+        self.index: list[int] = [position[name] for name in self.group_names]
+        params: list[set[int]] = [set() for _ in self.names]
+        kinds: list[Any] = [None] * len(self.names)
+        for i, g in enumerate(self.index):
+            params[g].update(module_params[i])
+            kinds[g] = kinds[g] or saturation[i]
+        self.module_params = [sorted(js) for js in params]
+        self.saturation = kinds
+
+    def view(self, collector: Any, chunks: dict[str, list[tuple[Any, list[float]]]]) -> Any:
+        """Turn ``chunks`` (in place) and a shallow copy of ``collector`` into the block view.
+
+        Keys become group indices; activation sums of a group are re-centred to the group's
+        first shift so that the collector's own merging adds them exactly.
+        """
+        shifts: dict[int, float] = {}
+        act_f = []
+        for (i, n), floats in chunks.get("act_f", []):
+            g = self.index[i]
+            shift = shifts.setdefault(g, floats[0])
+            act_f.append(((g, n), floats if floats[0] == shift else reshift(floats, n, shift)))
+        chunks["act_f"] = act_f
+        for kind in _PER_MODULE:
+            chunks[kind] = [(self.index[i], v) for i, v in chunks.get(kind, [])]
+        view = copy.copy(collector)
+        view.names = self.names
+        view._saturation = self.saturation
+        view._module_params = self.module_params
+        view._order = list(dict.fromkeys(self.index[i] for i in collector._order))
+        return view

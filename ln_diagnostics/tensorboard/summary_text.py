@@ -1,0 +1,208 @@
+"""The run's text summary and its hyperparameters, for TensorBoard's Text and HParams tabs.
+
+The text summary (Markdown, which the Text tab renders) lists the watched layers with their type
+and parameter count, the diagnostics options and, when a ``NormSwap`` callback ran, its report.
+The options also go to the HParams tab so that runs with different settings compare side by side.
+They are written with ``torch.utils.tensorboard.summary.hparams`` through the run's own file
+writer: ``SummaryWriter.add_hparams`` would create a separate sub-run instead.
+
+Example:
+    >>> print(options_markdown({"every_n_steps": 10, "include": None}))
+    | option | value |
+    |---|---|
+    | `every_n_steps` | `10` |
+    | `include` | `None` |
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+__all__ = [
+    "HPARAM_PREFIX",
+    "LayerRow",
+    "constructor_options",
+    "find_swap_report",
+    "hparam_value",
+    "hparams_summaries",
+    "layers_markdown",
+    "options_markdown",
+    "run_summary_markdown",
+]
+
+#: Options of the diagnostics appear in the HParams tab as ``ln_diagnostics/<option>``.
+HPARAM_PREFIX = "ln_diagnostics/"
+#: Longest layer table written to the text summary; the rest is counted.
+MAX_TABLE_ROWS = 500
+
+
+class LayerRow(NamedTuple):
+    """One watched layer: qualified name, class name, trainable parameter count, tag group."""
+
+    name: str
+    type: str
+    params: int
+    group: str | None = None
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def layers_markdown(rows: Sequence[LayerRow], *, max_rows: int = MAX_TABLE_ROWS) -> str:
+    """A Markdown table of the watched layers, in selection order.
+
+    Example:
+        >>> print(layers_markdown([LayerRow("net.0", "Linear", 40)]))
+        | # | layer | type | parameters |
+        |---|---|---|---|
+        | 0 | `net.0` | Linear | 40 |
+    """
+    grouped = any(row.group is not None for row in rows)
+    header = ["#", "layer", "type", "parameters", *(["logged as"] if grouped else [])]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for k, row in enumerate(rows[:max_rows]):
+        cells = [str(k), f"`{_cell(row.name)}`", _cell(row.type), f"{row.params:,}"]
+        if grouped:
+            cells.append(f"`{_cell(row.group)}`" if row.group is not None else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(rows) > max_rows:
+        lines.append(f"\n… and {len(rows) - max_rows} more layers.")
+    return "\n".join(lines)
+
+
+def options_markdown(options: Mapping[str, Any]) -> str:
+    """A Markdown table of option names and values."""
+    lines = ["| option | value |", "|---|---|"]
+    lines.extend(f"| `{_cell(k)}` | `{_cell(hparam_value(v))}` |" for k, v in options.items())
+    return "\n".join(lines)
+
+
+def run_summary_markdown(
+    rows: Sequence[LayerRow],
+    options: Mapping[str, Any],
+    *,
+    swap_report: str | None = None,
+    title: str = "Layer diagnostics",
+) -> str:
+    """The whole text summary: headline, options, NormSwap report (if any) and the layer table.
+
+    Example:
+        >>> text = run_summary_markdown([LayerRow("0", "Linear", 3)], {"every_n_steps": 1})
+        >>> text.splitlines()[0]
+        '## Layer diagnostics: 1 layer watched, 3 trainable parameters'
+    """
+    n_params = sum(row.params for row in rows)
+    layers = "layer" if len(rows) == 1 else "layers"
+    parts = [
+        f"## {title}: {len(rows)} {layers} watched, {n_params:,} trainable parameters",
+        "### Options",
+        options_markdown(options),
+    ]
+    if swap_report:
+        parts += ["### NormSwap", swap_report]
+    parts += ["### Watched layers (forward hooks, in registration order)", layers_markdown(rows)]
+    return "\n\n".join(parts)
+
+
+def constructor_options(obj: object, *holders: object) -> dict[str, Any]:
+    """The keyword arguments of ``type(obj).__init__`` with the values ``obj`` holds for them.
+
+    A value is looked up as an attribute of ``obj``, of ``obj.options``, then of each of
+    ``holders``; arguments stored under another name are left out. New constructor options show
+    up without extra code.
+
+    Example:
+        >>> class Opts:
+        ...     def __init__(self, *, every_n_steps: int = 1, secret: int = 0):
+        ...         self.every_n_steps = every_n_steps
+        >>> constructor_options(Opts(every_n_steps=5))
+        {'every_n_steps': 5}
+    """
+    search = [obj, getattr(obj, "options", None), *holders]
+    found: dict[str, Any] = {}
+    for name, param in inspect.signature(type(obj).__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        for holder in search:
+            if holder is not None and hasattr(holder, name):
+                found[name] = getattr(holder, name)
+                break
+    return found
+
+
+def find_swap_report(callbacks: Iterable[Any]) -> Any | None:
+    """The report of the first callback that swapped normalization layers, or ``None``.
+
+    Recognised by what it offers (a ``report`` with ``swapped`` and ``to_markdown``), so any
+    Lightning package's ``NormSwap`` qualifies.
+    """
+    for callback in callbacks:
+        report = getattr(callback, "report", None)
+        if hasattr(report, "swapped") and callable(getattr(report, "to_markdown", None)):
+            return report
+    return None
+
+
+def hparam_value(value: Any) -> bool | int | float | str:
+    """A short value the HParams plugin accepts.
+
+    Numbers, bools and strings stay as they are; ``None`` becomes ``"None"``, classes and
+    functions their qualified name, lists and tuples a comma-separated string, anything else
+    (a probe batch tensor, say) its type name in angle brackets.
+
+    Example:
+        >>> hparam_value(["net.*", "head"]), hparam_value(None), hparam_value(3)
+        ('net.*,head', 'None', 3)
+    """
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if value is None:
+        return "None"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(hparam_value(v)) for v in value)
+    qualname = getattr(value, "__qualname__", None)
+    if isinstance(qualname, str):
+        return f"{getattr(value, '__module__', '')}.{qualname}".lstrip(".")
+    return f"<{type(value).__name__}>"
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def hparams_summaries(
+    options: Mapping[str, Any],
+    metrics: Sequence[str],
+    *,
+    model_hparams: Mapping[str, Any] | None = None,
+) -> list[Summary]:
+    """The three ``Summary`` protos of an HParams session for this run.
+
+    Args:
+        options: the diagnostics options; logged as ``ln_diagnostics/<name>``.
+        metrics: scalar tags the HParams tab shows next to the options (last value per run).
+        model_hparams: the model's own hyperparameters (e.g. ``LightningModule.hparams_initial``),
+            kept under their own names. TensorBoard keeps the first HParams session of a run, so
+            a session written before Lightning's must carry the model's hyperparameters too.
+
+    Example:
+        >>> exp, start, end = hparams_summaries({"every_n_steps": 5}, ["health/grad_norm_total"])
+        >>> start.value[0].tag
+        '_hparams_/session_start_info'
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    flat = {k: hparam_value(v) for k, v in _flatten(model_hparams or {}).items()}
+    flat.update({f"{HPARAM_PREFIX}{k}": hparam_value(v) for k, v in options.items()})
+    return list(hparams(flat, dict.fromkeys(metrics, 0.0)))
