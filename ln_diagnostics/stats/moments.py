@@ -56,8 +56,9 @@ def power_sums(
         k = flat.mean() if shift is None else shift
         d = flat - k
         d2 = d * d
+        # dot products reduce without materialising d³ and d⁴
         floats = torch.stack(
-            [k, d.sum(), d2.sum(), (d2 * d).sum(), (d2 * d2).sum(), *torch.aminmax(flat)]
+            [k, d.sum(), d2.sum(), torch.dot(d2, d), torch.dot(d2, d2), *torch.aminmax(flat)]
         )
         nonzero = torch.count_nonzero(flat)
         if saturation == "tanh":
