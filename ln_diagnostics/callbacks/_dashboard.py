@@ -44,7 +44,8 @@ def start_dashboard(callback: Any, trainer: Any, pl_module: Any) -> Dashboard | 
     """
     if callback._writer is None:
         return None
-    every = callback._hist_every or 10 * callback._every
+    # heat maps take ~0.1 s to render: at the histogram interval, else every 100 logging steps
+    every = callback._hist_every or 100 * callback._every
     dashboard = Dashboard(callback._writer, heatmap_every_n_steps=every)
     dashboard.write_hparams(run_options(callback), model_hparams=model_hparams(trainer, pl_module))
     return dashboard
