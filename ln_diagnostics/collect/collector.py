@@ -37,6 +37,15 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ln_diagnostics.collect.grouping import Grouping
+from ln_diagnostics.collect.packing import (
+    Layout,
+    gather,
+    pack_activations,
+    pack_backprop,
+    pack_histograms,
+    pack_norms,
+    split,
+)
 from ln_diagnostics.collect.records import Histogram, StepReport
 from ln_diagnostics.collect.selection import (
     module_parameters,
@@ -45,7 +54,7 @@ from ln_diagnostics.collect.selection import (
     select_modules,
 )
 from ln_diagnostics.stats.histogram import bucket_edges, histogram
-from ln_diagnostics.stats.moments import Moments, finalize, power_sums
+from ln_diagnostics.stats.moments import Moments, finalize, power_sums, reshift
 
 __all__ = ["Collector", "select_modules"]
 
@@ -109,8 +118,10 @@ class Collector:
             [position[id(p)] for p in module_parameters(m) if id(p) in position]
             for m in self.modules
         ]
-        watched = sorted({j for js in self._module_params for j in js})
-        self._watched_params = watched
+        self._watched_params = sorted({j for js in self._module_params for j in js})
+        self._device = self._params[0].device if self._params else torch.device("cpu")
+        # DTensor parameters (FSDP2) hold a shard per rank: their norms add up in squares
+        self._sharded = any(type(p).__name__ == "DTensor" for p in self._params)
         self._handles: list[RemovableHandle] = []
         self._disabled: set[int] = set()
         self._edges: Tensor | None = None
@@ -221,8 +232,8 @@ class Collector:
         if not self._on:
             self._reset_step_state()
             return None
-        parts, layout = self._pack()
-        report = self._unpack(self._to_host(parts), layout)
+        vector, layout = self._pack()
+        report = self._unpack(self._to_host(vector), layout)
         self._on = self._hist_on = False
         self._reset_step_state()
         return report
@@ -272,47 +283,37 @@ class Collector:
         )
 
     # ------------------------------------------------------------------ packing
-    def _pack(self) -> tuple[list[Tensor], list[tuple[str, Any, int]]]:
-        """Flatten the step's device tensors into parts plus a layout to read them back."""
-        parts: list[Tensor] = []
-        layout: list[tuple[str, Any, int]] = []
-
-        def add(kind: str, key: Any, tensor: Tensor) -> None:
-            flat = tensor.reshape(-1)
-            parts.append(flat)
-            layout.append((kind, key, flat.numel()))
-
-        for i, n, floats, counts in self._act:
-            add("act_f", (i, n), floats)
-            add("act_c", i, counts)
-        for i, floats, counts in self._act_hist:
-            add("act_hf", i, floats)
-            add("act_hc", i, counts)
-        for i, norm in self._backprop:
-            add("bp", i, norm)
+    def _pack(self) -> tuple[Tensor, Layout]:
+        """The step's device tensors in fixed per-module slots (see ``packing``)."""
+        device = self._device
+        m, p = len(self.modules), len(self._params)
+        buckets = self._edges.numel() + 1 if self._hist_on and self._edges is not None else 0
+        layout = Layout(m, p, buckets)
+        absent = torch.full((p,), -1.0, dtype=torch.float64, device=device)
+        grad_n = param_n = update_n = absent
         if self._grads is not None:
             present, grad_norms, param_norms = self._grads
-            if grad_norms:
-                add("grad", present, torch.stack(grad_norms))
-            if param_norms:
-                add("param", None, torch.stack(param_norms))
+            grad_n = pack_norms(p, present, grad_norms, device)
+            param_n = pack_norms(p, range(p), param_norms, device)
             if self._snapshot is not None:
                 current = [self._params[j].detach() for j in self._watched_params]
                 with torch.no_grad():
                     deltas = torch._foreach_sub(current, self._snapshot)
-                add("update", None, torch.stack(_norms(deltas)))
-        for i, floats, counts in self._grad_hist:
-            add("grad_hf", i, floats)
-            add("grad_hc", i, counts)
-        return parts, layout
+                update_n = pack_norms(p, self._watched_params, _norms(deltas), device)
+        parts = [
+            pack_activations(m, self._act, device),
+            pack_backprop(m, self._backprop, device),
+            torch.stack([grad_n, param_n, update_n], dim=1),
+        ]
+        if buckets:
+            parts.append(pack_histograms(m, self._act_hist, buckets, device))
+            parts.append(pack_histograms(m, self._grad_hist, buckets, device))
+        return torch.cat([part.reshape(-1) for part in parts]), layout
 
     @staticmethod
-    def _to_host(parts: list[Tensor]) -> list[float]:
-        if not parts:
-            return []
-        device = parts[0].device
-        packed = torch.cat([p.to(device=device, dtype=torch.float64) for p in parts])
-        return packed.cpu().tolist()  # the step's one device-to-host copy
+    def _to_host(vector: Tensor) -> list[list[float]]:
+        """Every rank's vector on the host: one collective, then the step's one copy."""
+        return gather(vector).cpu().tolist()
 
     # ------------------------------------------------------------------ host side
     def _tag(self, group: str, stat: str, i: int) -> str:
@@ -321,12 +322,50 @@ class Collector:
     def _health(self, stat: str) -> str:
         return f"{self.tag_prefix}{_HEALTH}/{stat}"
 
-    def _unpack(self, values: list[float], layout: list[tuple[str, Any, int]]) -> StepReport:
+    def _chunks(self, ranks: list[list[float]], layout: Layout) -> dict[str, list]:
+        """Rows of every rank's slots, keyed by kind; parameter norms merged across ranks."""
         chunks: dict[str, list[tuple[Any, list[float]]]] = defaultdict(list)
-        offset = 0
-        for kind, key, size in layout:
-            chunks[kind].append((key, values[offset : offset + size]))
-            offset += size
+        blocks = [split(values, layout) for values in ranks]
+        for act, bp, _params, *hists in blocks:
+            for i, row in enumerate(act):
+                if row[0] > 0:
+                    chunks["act_f"].append(((i, int(row[0])), row[1:8]))
+                    chunks["act_c"].append((i, row[8:11]))
+            for i, (squares, calls) in enumerate(bp):
+                if calls > 0:
+                    chunks["bp"].append((i, [math.sqrt(squares)]))
+            for kind, rows in zip(("act", "grad"), hists, strict=False):  # none without histograms
+                for i, row in enumerate(rows):
+                    if any(row[4:]):
+                        chunks[f"{kind}_hf"].append((i, row[:4]))
+                        chunks[f"{kind}_hc"].append((i, row[4:]))
+        grad, param, update = (self._merge_ranks([b[2] for b in blocks], k) for k in range(3))
+        if any(v != -1.0 for v in param):
+            chunks["param"].append((None, param))
+            present = [j for j, g in enumerate(grad) if g != -1.0]
+            if present:
+                chunks["grad"].append((present, [grad[j] for j in present]))
+            if any(update[j] != -1.0 for j in self._watched_params):
+                chunks["update"].append((None, [update[j] for j in self._watched_params]))
+        seen = {key[0] if isinstance(key, tuple) else key for key, _ in chunks["act_f"]}
+        seen |= {i for i, _ in chunks["bp"]}
+        self._order += sorted(seen - set(self._order))  # modules that ran on other ranks only
+        return chunks
+
+    def _merge_ranks(self, rows_per_rank: list[list[list[float]]], column: int) -> list[float]:
+        """One parameter norm per parameter: rank 0's (replicated parameters, as under DDP), or
+        the root of the sum of squares over ranks for sharded parameters (FSDP)."""
+        merged = []
+        for j in range(len(self._params)):
+            values = [rows[j][column] for rows in rows_per_rank]
+            if values[0] == -1.0 or not self._sharded:
+                merged.append(values[0])
+            else:
+                merged.append(math.sqrt(sum(v * v for v in values if v != -1.0)))
+        return merged
+
+    def _unpack(self, ranks: list[list[float]], layout: Layout) -> StepReport:
+        chunks = self._chunks(ranks, layout)
         scalars: dict[str, float] = {}
         histograms: dict[str, Histogram] = {}
         view = self if self._grouping is None else self._grouping.view(self, chunks)
@@ -340,6 +379,8 @@ class Collector:
     def _activation_scalars(self, chunks: dict, scalars: dict[str, float]) -> None:
         moments: dict[int, Moments] = {}
         for ((i, n), floats), (_, counts) in zip(chunks["act_f"], chunks["act_c"], strict=True):
+            if i in moments and floats[0] != moments[i].shift:
+                floats = reshift(floats, n, moments[i].shift)  # rows from another rank
             m = Moments.from_rows(floats, counts, n)
             if i in moments:
                 moments[i].merge(m)

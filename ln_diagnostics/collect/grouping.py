@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from math import comb
 from typing import Any
 
-__all__ = ["Grouping", "block_name", "block_names", "reshift"]
+from ln_diagnostics.stats.moments import reshift
+
+__all__ = ["Grouping", "block_name", "block_names"]
 
 #: Chunk kinds of the collector's packed layout whose key starts with the module index.
 _PER_MODULE = ("act_c", "act_hf", "act_hc", "bp", "grad_hf", "grad_hc")
@@ -46,25 +47,6 @@ def block_name(name: str, depth: int) -> str:
 def block_names(names: Sequence[str], *, depth: int) -> dict[str, str]:
     """Map every layer name to its block name."""
     return {name: block_name(name, depth) for name in names}
-
-
-def reshift(floats: Sequence[float], n: int, shift: float) -> list[float]:
-    """Re-centre one row of shifted power sums to ``shift``, exactly (binomial expansion).
-
-    ``floats`` is a row ``(K, Σ(x−K), Σ(x−K)², Σ(x−K)³, Σ(x−K)⁴, min, max)`` over ``n`` values;
-    the result has the same layout with ``K`` replaced by ``shift``.
-
-    Example:
-        >>> xs = [1.0, 2.0, 4.0]
-        >>> row = [2.0, *(sum((x - 2.0) ** p for x in xs) for p in range(1, 5)), 1.0, 4.0]
-        >>> [round(v, 9) for v in reshift(row, 3, 0.0)[1:5]]
-        [7.0, 21.0, 73.0, 273.0]
-    """
-    k, *sums = floats[:5]
-    d = k - shift
-    powers = [float(n), *sums]  # Σ(x−K)^q for q = 0..4
-    out = [sum(comb(p, q) * powers[q] * d ** (p - q) for q in range(p + 1)) for p in range(1, 5)]
-    return [shift, *out, *floats[5:]]
 
 
 class Grouping:

@@ -17,7 +17,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from math import comb
 from typing import Literal
 
 import torch
@@ -137,3 +139,22 @@ def finalize(m: Moments, *, saturation: bool = False) -> dict[str, float]:
         out["saturated_frac"] = m.saturated / n
     out["nonfinite"] = m.nonfinite
     return out
+
+
+def reshift(floats: Sequence[float], n: int, shift: float) -> list[float]:
+    """Re-centre one row of shifted power sums to ``shift``, exactly (binomial expansion).
+
+    ``floats`` is a row ``(K, Σ(x−K), Σ(x−K)², Σ(x−K)³, Σ(x−K)⁴, min, max)`` over ``n`` values;
+    the result has the same layout with ``K`` replaced by ``shift``.
+
+    Example:
+        >>> xs = [1.0, 2.0, 4.0]
+        >>> row = [2.0, *(sum((x - 2.0) ** p for x in xs) for p in range(1, 5)), 1.0, 4.0]
+        >>> [round(v, 9) for v in reshift(row, 3, 0.0)[1:5]]
+        [7.0, 21.0, 73.0, 273.0]
+    """
+    k, *sums = floats[:5]
+    d = k - shift
+    powers = [float(n), *sums]  # Σ(x−K)^q for q = 0..4
+    out = [sum(comb(p, q) * powers[q] * d ** (p - q) for q in range(p + 1)) for p in range(1, 5)]
+    return [shift, *out, *floats[5:]]

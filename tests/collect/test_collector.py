@@ -355,3 +355,41 @@ def test_attach_writes_event_files_read_back_by_tensorboard(tmp_path):
 def test_attach_rejects_bad_arguments_with_clear_messages(kwargs, message):
     with pytest.raises(ValueError, match=message):
         attach(mlp(), **kwargs)
+
+
+def test_sharded_parameter_norms_add_up_in_squares_across_ranks():
+    """FSDP shards parameters: each rank sees a slice, the logged norm is of the full tensor.
+
+    FSDP does not run on CPU here, so the cross-rank merge is fed two ranks' packed vectors
+    directly: each "rank" holds half of every parameter (the rest zero), like a shard.
+    """
+    torch.manual_seed(7)
+    full = mlp(depth=2)
+    shards = [mlp(depth=2), mlp(depth=2)]
+    with torch.no_grad():
+        for name, p in full.named_parameters():
+            flat = p.reshape(-1)
+            half = flat.numel() // 2
+            for rank, shard in enumerate(shards):
+                q = shard.get_parameter(name).reshape(-1)
+                q.zero_()
+                part = slice(0, half) if rank == 0 else slice(half, None)
+                q[part] = flat[part]
+    vectors = []
+    for shard in shards:
+        collector = Collector(shard, select_modules(shard))
+        collector.begin_step(0, scalars=True, histograms=False)
+        shard(torch.randn(4, 8)).sum().backward()
+        collector.before_optimizer_step()
+        vector, layout = collector._pack()
+        vectors.append(vector.tolist())
+    merged = Collector(shards[0], select_modules(shards[0]))
+    merged.begin_step(0, scalars=True, histograms=False)
+    merged._sharded = True
+    scalars = merged._unpack(vectors, layout).scalars
+    want = torch.cat([p.reshape(-1) for p in full[2].parameters()]).double().norm().item()
+    assert scalars["parameters/norm/2"] == pytest.approx(want, rel=1e-6)
+    replicated = Collector(shards[0], select_modules(shards[0]))
+    replicated.begin_step(0, scalars=True, histograms=False)
+    own = replicated._unpack(vectors, layout).scalars["parameters/norm/2"]
+    assert own < want * 0.95  # without the sharded merge only rank 0's half would count

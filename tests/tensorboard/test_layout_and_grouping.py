@@ -10,8 +10,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ln_diagnostics.callbacks import LayerDiagnostics
 from ln_diagnostics.collect.collector import Collector, select_modules
-from ln_diagnostics.collect.grouping import block_name, block_names, reshift
+from ln_diagnostics.collect.grouping import block_name, block_names
 from ln_diagnostics.collect.records import StepReport
+from ln_diagnostics.stats.moments import reshift
 from ln_diagnostics.tensorboard.dashboard import Dashboard
 from ln_diagnostics.tensorboard.layout import build_layout, stat_keys
 from ln_diagnostics.tensorboard.summary_text import (
