@@ -177,6 +177,7 @@ class Collector:
         self._act_hist: list[tuple[int, Tensor, Tensor]] = []
         self._backprop: list[tuple[int, Tensor]] = []
         self._grads: tuple[list[int], list[Tensor], list[Tensor]] | None = None
+        self._read: set[int] = set()
         self._grad_hist: list[tuple[int, Tensor, Tensor]] = []
         self._snapshot: list[Tensor] | None = None
 
@@ -207,25 +208,42 @@ class Collector:
         finally:
             self._on = on
 
-    def before_optimizer_step(self) -> None:
+    def before_optimizer_step(self, optimizer: Any | None = None) -> None:
         """Read gradients (after unscaling and accumulation, before clipping) on logging steps.
 
-        Only the first call of a step counts.
+        With ``optimizer``, read the gradients of its parameters, so that with several
+        optimizers stepping in one batch each parameter's gradient is the one its own optimizer
+        steps with; without, read every gradient. A parameter is read once per step; parameter
+        norms and the update snapshot are taken at the first call, before any update.
         """
-        if not self._on or self._grads is not None:
+        if not self._on:
             return
-        present = [j for j, p in enumerate(self._params) if p.grad is not None]
-        grads = [_dense(self._params[j].grad) for j in present]
-        self._grads = (present, _norms(grads), _norms([p.detach() for p in self._params]))
-        if self._hist_on:
+        owned = (
+            None
+            if optimizer is None
+            else {id(p) for group in optimizer.param_groups for p in group["params"]}
+        )
+        fresh = [
+            j
+            for j, p in enumerate(self._params)
+            if p.grad is not None and j not in self._read and (owned is None or id(p) in owned)
+        ]
+        if self._grads is not None and not fresh:
+            return
+        self._read.update(fresh)
+        grads = [_dense(self._params[j].grad) for j in fresh]
+        if self._grads is None:
+            self._grads = (fresh, _norms(grads), _norms([p.detach() for p in self._params]))
+            if self.track_updates:
+                self._snapshot = [self._params[j].detach().clone() for j in self._watched_params]
+        else:
+            present, grad_norms, param_norms = self._grads
+            self._grads = (present + fresh, grad_norms + _norms(grads), param_norms)
+        if self._hist_on and self._edges is not None:
             for i, js in enumerate(self._module_params):
-                module_grads = [
-                    g.reshape(-1) for j, g in zip(present, grads, strict=True) if j in js
-                ]
-                if module_grads and self._edges is not None:
+                module_grads = [g.reshape(-1) for j, g in zip(fresh, grads, strict=True) if j in js]
+                if module_grads:
                     self._grad_hist.append((i, *histogram(torch.cat(module_grads), self._edges)))
-        if self.track_updates:
-            self._snapshot = [self._params[j].detach().clone() for j in self._watched_params]
 
     def end_step(self) -> StepReport | None:
         """Finish the step; on a logging step return its report (one device-to-host copy)."""
@@ -247,6 +265,9 @@ class Collector:
         except Exception as exc:
             self._disable(i, exc)
 
+    # Kept out of torch.compile graphs: tracing them would guard on the layer index and on the
+    # step lists, and a deep compiled model would pass Dynamo's recompile limit.
+    @torch.compiler.disable
     def _record_forward(self, i: int, output: Any) -> None:
         t = primary_tensor(output)
         if t is None or t.numel() == 0:
@@ -263,6 +284,7 @@ class Collector:
         if t.requires_grad and torch.is_grad_enabled():
             t.register_hook(partial(self._backward_hook, i))
 
+    @torch.compiler.disable
     def _backward_hook(self, i: int, grad: Tensor) -> None:
         if not self._on or i in self._disabled:
             return
@@ -410,7 +432,7 @@ class Collector:
             scalars[self._tag(_BACKPROP, "norm", i)] = math.sqrt(backprop[i])
         if len(ordered) >= 2:
             first, last = math.sqrt(backprop[ordered[0]]), math.sqrt(backprop[ordered[-1]])
-            if first > 0 and last > 0:
+            if not (first <= 0 or last <= 0):  # NaN passes
                 scalars[self._health("backprop_depth_log10")] = math.log10(first / last)
 
     def _gradient_scalars(self, chunks: dict, scalars: dict[str, float]) -> None:
@@ -437,11 +459,11 @@ class Collector:
             if with_grad:
                 g_norm = math.sqrt(sum(grad_sq[j] for j in with_grad))
                 scalars[self._tag(_GRAD, "norm", i)] = g_norm
-                if p_norm > 0:
+                if p_norm != 0:  # NaN passes: a non-finite ratio must reach the log
                     scalars[self._tag(_GRAD, "ratio", i)] = g_norm / p_norm
                 if not math.isfinite(g_norm) and first_bad is None:
                     first_bad = i
-            if update_sq and p_norm > 0:
+            if update_sq and p_norm != 0:
                 u_norm = math.sqrt(sum(update_sq[j] for j in js))
                 scalars[self._tag(_UPDATE, "ratio", i)] = u_norm / p_norm
         total_param = math.sqrt(sum(v * v for v in param_norms))
@@ -449,7 +471,7 @@ class Collector:
         if grad_sq:
             scalars[self._health("grad_norm_total")] = math.sqrt(sum(grad_sq.values()))
         scalars[self._health("nonfinite_grads")] = float(bad_grads)
-        if update_sq and total_param > 0:
+        if update_sq and total_param != 0:
             scalars[self._health("update_ratio_total")] = (
                 math.sqrt(sum(update_sq.values())) / total_param
             )

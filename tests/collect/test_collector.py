@@ -393,3 +393,23 @@ def test_sharded_parameter_norms_add_up_in_squares_across_ranks():
     replicated.begin_step(0, scalars=True, histograms=False)
     own = replicated._unpack(vectors, layout).scalars["parameters/norm/2"]
     assert own < want * 0.95  # without the sharded merge only rank 0's half would count
+
+
+def test_non_finite_parameters_still_log_their_ratios_as_nan():
+    """A diverged run must show NaN ratios, not silently drop them (thresholds need to see them)."""
+    model = mlp(depth=2)
+    collector = Collector(model, select_modules(model))
+    collector.attach()
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")  # the weights diverged before this step
+    collector.begin_step(0, scalars=True, histograms=False)
+    model(torch.randn(4, 8)).pow(2).mean().backward()
+    collector.before_optimizer_step()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        report = collector.end_step()
+    assert math.isnan(report.scalars["updates/ratio/2"])
+    assert math.isnan(report.scalars["health/update_ratio_total"])
+    assert math.isnan(report.scalars["gradients/ratio/2"])
