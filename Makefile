@@ -21,7 +21,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check ln_diagnostics tests examples benchmarks
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) lightning_logs runs

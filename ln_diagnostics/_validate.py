@@ -24,8 +24,9 @@ def check_globs(name: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,)
-    if isinstance(value, Sequence) and all(isinstance(v, str) and v for v in value):
+        if value:
+            return (value,)
+    elif isinstance(value, Sequence) and all(isinstance(v, str) and v for v in value):
         return tuple(value)
     raise ValueError(
         f"{name} must be a glob string or a list of non-empty glob strings; got {value!r}"

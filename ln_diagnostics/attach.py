@@ -27,7 +27,7 @@ def attach(
     """Watch ``model`` in a hand-written loop; use it as a context manager.
 
     Args:
-        model: any ``nn.Module``.
+        model: any ``nn.Module`` (anything else raises ``TypeError``).
         writer: a ``torch.utils.tensorboard.SummaryWriter``; ``None`` keeps only
             ``diag.last_logged`` and the reports returned by ``diag.step()``.
         every_n_steps: scalars on step 0 and every n-th step.
@@ -47,10 +47,12 @@ def attach(
         >>> with attach(model, every_n_steps=2) as diag:
         ...     for _ in range(3):
         ...         model(torch.randn(16, 4)).pow(2).mean().backward()
-        ...         diag.before_optimizer_step(); opt.step(); opt.zero_grad(); diag.step()
+        ...         diag.before_optimizer_step(); opt.step(); opt.zero_grad(); _ = diag.step()
         >>> diag.last_logged.step, "gradients/norm/0" in diag.last_logged.scalars
         (2, True)
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1)
     hist = check_optional_int("histogram_every_n_steps", histogram_every_n_steps, minimum=0)
     if writer is not None and not hasattr(writer, "_get_file_writer"):

@@ -21,6 +21,7 @@ from ln_diagnostics._validate import check_globs, check_int, check_optional_int
 from ln_diagnostics.collect.collector import Collector
 from ln_diagnostics.collect.ics import ICSProbe, LossFn
 from ln_diagnostics.collect.probing import ForwardFn, detached_copy, is_plain, map_tensors
+from ln_diagnostics.collect.selection import plain_name
 from ln_diagnostics.collect.shift import ShiftProbe
 
 #: Layers measured by ICS when ``ics_layers`` is not given.
@@ -178,10 +179,11 @@ class Probes:
                 if any(p.requires_grad for p in m.parameters())
             ]
         else:
+            named = [(plain_name(name) or "<root>", m) for name, m in pl_module.named_modules()]
             candidates = [
-                (name or "<root>", m)
-                for name, m in pl_module.named_modules()
-                if any(fnmatch.fnmatchcase(name or "<root>", g) for g in opts.ics_layers)
+                (name, m)
+                for name, m in named
+                if any(fnmatch.fnmatchcase(name, g) for g in opts.ics_layers)
                 and any(p.requires_grad for p in m.parameters())
             ]
             if not candidates:

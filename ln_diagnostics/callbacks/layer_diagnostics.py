@@ -121,10 +121,24 @@ class LayerDiagnostics(pl.Callback):
 
     @property
     def state_key(self) -> str:
+        """Distinct for callbacks with different options, so that several ``LayerDiagnostics``
+        in one Trainer keep their own state in a checkpoint. Options at their default value are
+        left out, so the key of a default callback is the one older checkpoints carry."""
+        probe, types = self._probes.options, self.options.types
+        optional = {
+            "histogram_every_n_steps": self.histogram_every_n_steps,
+            "types": None if types is None else [f"{t.__module__}.{t.__qualname__}" for t in types],
+            "track_updates": None if self.options.track_updates else False,
+            "shift_every_n_steps": probe.shift_every_n_steps,
+            "ics_every_n_steps": probe.ics_every_n_steps or None,
+            "ics_layers": probe.ics_layers,
+            "group_depth": self.group_depth,
+        }
         return self._generate_state_key(
             every_n_steps=self.every_n_steps,
             include=self.options.include,
             exclude=self.options.exclude,
+            **{name: value for name, value in optional.items() if value is not None},
         )
 
     # ------------------------------------------------------------------ set-up and tear-down
@@ -196,7 +210,7 @@ class LayerDiagnostics(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         if self._collector is not None:
-            self._collector.before_optimizer_step()
+            self._collector.before_optimizer_step(optimizer)
             self._probes.before_optimizer_step()
 
     def on_train_batch_end(
@@ -211,7 +225,12 @@ class LayerDiagnostics(pl.Callback):
             return  # mid-accumulation: the optimizer step has not happened yet
         report = self._collector.end_step()
         step, self._begun = self._begun, None
-        probed = self._probes.batch_end()
+        try:
+            probed = self._probes.batch_end()
+        except BaseException:  # e.g. Ctrl+C during the ICS probe: keep what the step measured
+            if report is not None:
+                self._emit(report)
+            raise
         if probed:  # merged into the step's report, or a report of their own
             report = report or StepReport(step, {}, {})
             report.scalars.update(probed)

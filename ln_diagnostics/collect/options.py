@@ -40,8 +40,15 @@ class SelectionOptions:
         """Validate user input; errors name the argument, the expectation and the value."""
         if isinstance(types, (str, type)):
             types = [types]
-        if types is not None and not isinstance(types, Sequence):
-            raise ValueError(f"types must be a list of nn.Module classes or None; got {types!r}")
+        if types is not None and (not isinstance(types, Sequence) or not types):
+            raise ValueError(
+                f"types must be None or a non-empty list of nn.Module classes; got {types!r}"
+            )
+        if include is not None and not isinstance(include, str) and not include:
+            raise ValueError(
+                "include must be None (every module) or a glob string or a non-empty list of "
+                f"glob strings; got {include!r}"
+            )
         return cls(
             types=None if types is None else resolve_types(types),
             include=check_globs("include", include),

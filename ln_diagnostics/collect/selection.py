@@ -83,6 +83,7 @@ def select_modules(
     """
     picked = []
     for name, module in model.named_modules():
+        name = plain_name(name)
         if types is not None:
             wanted = isinstance(module, types)
         else:
@@ -93,6 +94,17 @@ def select_modules(
             continue
         picked.append((name, module))
     return picked
+
+
+def plain_name(name: str) -> str:
+    """A module name without ``torch.compile``'s ``_orig_mod`` wrapper segments, so a compiled
+    submodule logs the same tags as the eager one.
+
+    Example:
+        >>> plain_name("net._orig_mod.0")
+        'net.0'
+    """
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
 
 
 def candidate_names(model: nn.Module, limit: int = 8) -> list[str]:

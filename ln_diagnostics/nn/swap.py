@@ -156,6 +156,8 @@ def validate_patterns(arg: str, patterns: object) -> tuple[str, ...] | None:
     if patterns is None:
         return None
     if isinstance(patterns, str):
+        if not patterns:
+            raise ValueError(f"{arg} must not be an empty pattern (it matches no layer); got ''")
         return (patterns,)
     if not isinstance(patterns, Iterable) or isinstance(patterns, (bytes, dict)):
         raise TypeError(
@@ -164,6 +166,10 @@ def validate_patterns(arg: str, patterns: object) -> tuple[str, ...] | None:
         )
     result = tuple(patterns)
     for i, p in enumerate(result):
+        if isinstance(p, str) and not p:
+            raise ValueError(
+                f"{arg} must not contain an empty pattern (it matches no layer); got {patterns!r}"
+            )
         if not isinstance(p, str):
             raise TypeError(
                 f"{arg}[{i}] must be a glob string such as 'encoder.*'; "

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from ln_diagnostics.callbacks import LayerDiagnostics
 from ln_diagnostics.collect import packing
 
-OUT = Path(sys.argv[1])
+OUT = Path()  # set from the command line below; each DDP rank runs this file with the same argv
 
 
 class RankData(Dataset):
@@ -68,6 +68,7 @@ class CountingGather:
 
 
 if __name__ == "__main__":
+    OUT = Path(sys.argv[1])
     counter = CountingGather(packing.dist.all_gather)
     packing.dist.all_gather = counter
     seed_everything(0)

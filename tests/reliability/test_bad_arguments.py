@@ -1,0 +1,149 @@
+"""Every argument of every public constructor or function refuses a bad value with a message that
+names the argument, what was expected and what was received. One row per argument at least, with
+values the per-module tests do not already use; a completeness check keeps the table in step
+with the signatures."""
+
+import inspect
+
+import pytest
+from torch import nn
+
+from ln_diagnostics import attach, swap_batchnorm
+from ln_diagnostics.callbacks import DiagnosticThresholds, LayerDiagnostics, NormSwap
+
+RULE = {"tag": "health/*", "max": 1.0}
+THR = "DiagnosticThresholds: DiagnosticThresholds(rules=...): "
+
+
+def model():
+    return nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+
+
+# (callable, argument, bad value, error type, the complete message)
+CASES = [
+    (LayerDiagnostics, "every_n_steps", True, ValueError,
+     "every_n_steps must be an integer >= 1; got True"),
+    (LayerDiagnostics, "histogram_every_n_steps", 1.0, ValueError,
+     "histogram_every_n_steps must be an integer >= 0; got 1.0"),
+    (LayerDiagnostics, "types", [], ValueError,
+     "types must be None or a non-empty list of nn.Module classes; got []"),
+    (LayerDiagnostics, "types", 5, ValueError,
+     "types must be None or a non-empty list of nn.Module classes; got 5"),
+    (LayerDiagnostics, "types", [int], ValueError,
+     "types: expected nn.Module classes or their dotted paths; got <class 'int'>"),
+    (LayerDiagnostics, "include", [], ValueError,
+     "include must be None (every module) or a glob string or a non-empty list of glob "
+     "strings; got []"),
+    (LayerDiagnostics, "include", "", ValueError,
+     "include must be a glob string or a list of non-empty glob strings; got ''"),
+    (LayerDiagnostics, "exclude", 5, ValueError,
+     "exclude must be a glob string or a list of non-empty glob strings; got 5"),
+    (LayerDiagnostics, "track_updates", "yes", ValueError,
+     "track_updates must be True or False; got 'yes'"),
+    (LayerDiagnostics, "shift_every_n_steps", "1", ValueError,
+     "shift_every_n_steps must be an integer >= 0; got '1'"),
+    (LayerDiagnostics, "ics_every_n_steps", -1, ValueError,
+     "ics_every_n_steps must be an integer >= 0; got -1"),
+    (LayerDiagnostics, "probe_forward", "model", ValueError,
+     "probe_forward must be a callable (module, batch) -> output or None; got 'model'"),
+    (LayerDiagnostics, "ics_layers", 3, ValueError,
+     "ics_layers must be a glob string or a list of non-empty glob strings; got 3"),
+    (LayerDiagnostics, "ics_loss", 1, ValueError,
+     "ics_loss must be a callable (module, batch) -> scalar loss tensor or None; got 1"),
+    (LayerDiagnostics, "group_depth", 0, ValueError,
+     "group_depth must be an integer >= 1; got 0"),
+    (LayerDiagnostics, "group_depth", 1.5, ValueError,
+     "group_depth must be an integer >= 1; got 1.5"),
+    (NormSwap, "target", "bn", ValueError,
+     "target must be one of 'layernorm', 'groupnorm', 'rmsnorm'; got 'bn'"),
+    (NormSwap, "include", "", ValueError,
+     "include must not be an empty pattern (it matches no layer); got ''"),
+    (NormSwap, "exclude", 5, TypeError,
+     "exclude must be None, a glob string or a list of glob strings; got int 5"),
+    (NormSwap, "exclude", [None], TypeError,
+     "exclude[0] must be a glob string such as 'encoder.*'; got NoneType None"),
+    (NormSwap, "copy_affine", 0, TypeError, "copy_affine must be a bool; got int 0"),
+    (DiagnosticThresholds, "rules", RULE, ValueError,
+     THR + "expected a list of rules (tables with keys name, tag, min, max, over, after_step, "
+     "optional); got dict"),
+    (DiagnosticThresholds, "rules", [{"max": 1}], ValueError,
+     THR + "rule 1: missing required key 'tag' (a glob such as 'gradients/norm/*')"),
+    (DiagnosticThresholds, "rules", [{**RULE, "maxx": 2}], ValueError,
+     THR + "rule 1: unknown key 'maxx'; valid keys: name, tag, min, max, over, after_step, "
+     "optional"),
+    (DiagnosticThresholds, "rules", [{**RULE, "max": "1"}], ValueError,
+     THR + "rule 1: key 'max' must be a number; got str '1'"),
+    (DiagnosticThresholds, "rules", [{**RULE, "min": 2}], ValueError,
+     THR + "rule 1: 'min' must not exceed 'max'; got min = 2 > max = 1"),
+    (DiagnosticThresholds, "rules", [{**RULE, "after_step": -1}], ValueError,
+     THR + "rule 1: key 'after_step' must be a non-negative integer; got int -1"),
+    (DiagnosticThresholds, "rules", [{**RULE, "optional": "no"}], ValueError,
+     THR + "rule 1: key 'optional' must be true or false; got str 'no'"),
+    (DiagnosticThresholds, "on_violation", None, ValueError,
+     "DiagnosticThresholds: on_violation must be one of 'raise', 'stop', 'warn'; got None"),
+    (attach, "model", 42, TypeError, "model must be a torch.nn.Module; got int"),
+    (attach, "writer", "runs/x", ValueError,
+     "writer must be a torch.utils.tensorboard.SummaryWriter or None; got str"),
+    (attach, "every_n_steps", 0, ValueError, "every_n_steps must be an integer >= 1; got 0"),
+    (attach, "histogram_every_n_steps", "5", ValueError,
+     "histogram_every_n_steps must be an integer >= 0; got '5'"),
+    (attach, "types", "nn.Linear", ValueError,
+     "types: could not import 'nn.Linear' (expected a dotted path to an nn.Module class such "
+     "as 'torch.nn.Linear'): No module named 'nn'"),
+    (attach, "include", [""], ValueError,
+     "include must be a glob string or a list of non-empty glob strings; got ['']"),
+    (attach, "exclude", [3], ValueError,
+     "exclude must be a glob string or a list of non-empty glob strings; got [3]"),
+    (attach, "track_updates", None, ValueError, "track_updates must be True or False; got None"),
+    (swap_batchnorm, "model", None, TypeError, "model must be a torch.nn.Module; got NoneType"),
+    (swap_batchnorm, "target", "LayerNorm", ValueError,
+     "target must be one of 'layernorm', 'groupnorm', 'rmsnorm'; got 'LayerNorm'"),
+    (swap_batchnorm, "include", ["layers.*", ""], ValueError,
+     "include must not contain an empty pattern (it matches no layer); got ['layers.*', '']"),
+    (swap_batchnorm, "exclude", {"a": 1}, TypeError,
+     "exclude must be None, a glob string or a list of glob strings; got dict {'a': 1}"),
+    (swap_batchnorm, "copy_affine", "yes", TypeError, "copy_affine must be a bool; got str 'yes'"),
+    (swap_batchnorm, "dry_run", None, TypeError, "dry_run must be a bool; got NoneType None"),
+]  # fmt: skip
+
+#: Arguments that take any value: the probe batch is whatever the model's forward accepts.
+ANY_VALUE = {(LayerDiagnostics, "probe_batch")}
+#: Positional first arguments that have no valid default.
+NEEDS_MODEL = {attach, swap_batchnorm}
+
+
+def call(target, argument, value):
+    kwargs = {argument: value}
+    if target is DiagnosticThresholds and argument != "rules":
+        kwargs["rules"] = [RULE]
+    if target in NEEDS_MODEL and argument != "model":
+        kwargs["model"] = model()
+    return target(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("target", "argument", "value", "error", "message"),
+    CASES,
+    ids=[f"{c[0].__name__}-{c[1]}-{c[2]!r}" for c in CASES],
+)
+def test_bad_value_is_refused_with_argument_expectation_and_value(
+    target, argument, value, error, message
+):
+    with pytest.raises(error) as info:
+        call(target, argument, value)
+    assert str(info.value) == message
+    assert argument in message or argument == "rules"  # rules name the rule key instead
+
+
+def test_every_argument_of_every_public_entry_point_has_a_row():
+    covered = {(c[0], c[1]) for c in CASES} | ANY_VALUE
+    for target in (LayerDiagnostics, NormSwap, DiagnosticThresholds, attach, swap_batchnorm):
+        for name in inspect.signature(target).parameters:
+            assert (target, name) in covered, f"{target.__name__}({name}=...) has no bad-value row"
+
+
+def test_valid_edge_values_are_accepted():
+    LayerDiagnostics(exclude=[], types="torch.nn.Linear", include="*", probe_batch=object())
+    NormSwap(include="layers.*", exclude="head")
+    with attach(model(), every_n_steps=1, types=[nn.Linear]):
+        pass
