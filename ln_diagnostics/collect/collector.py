@@ -240,10 +240,12 @@ class Collector:
             present, grad_norms, param_norms = self._grads
             self._grads = (present + fresh, grad_norms + _norms(grads), param_norms)
         if self._hist_on and self._edges is not None:
+            # one row per parameter, merged per module when packed: no concatenated copy
+            grad_of = dict(zip(fresh, grads, strict=True))
             for i, js in enumerate(self._module_params):
-                module_grads = [g.reshape(-1) for j, g in zip(fresh, grads, strict=True) if j in js]
-                if module_grads:
-                    self._grad_hist.append((i, *histogram(torch.cat(module_grads), self._edges)))
+                for j in js:
+                    if j in grad_of:
+                        self._grad_hist.append((i, *histogram(grad_of[j], self._edges)))
 
     def end_step(self) -> StepReport | None:
         """Finish the step; on a logging step return its report (one device-to-host copy)."""
