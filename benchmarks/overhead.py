@@ -17,15 +17,16 @@ Configurations:
                      in ``on_before_optimizer_step``, every step.
     hooks_item       a hand-written forward hook on every leaf module that reads mean/std/max
                      with ``.item()`` and calls ``logger.log_metrics`` every step.
-    ours_default     ``LayerDiagnostics()``: scalars (and the covariate-shift probe, where the
-                     installed version has one) every ``log_every_n_steps`` = 50 steps,
-                     histograms every 500.
+    ours_default     ``LayerDiagnostics()``: scalars and the covariate-shift probe every
+                     ``log_every_n_steps`` = 50 steps, histograms every 500.
+    ours_no_shift    ``ours_default`` with ``shift_every_n_steps=0``: what the shift probe costs.
+    ours_ics         ``ours_default`` with ``ics_every_n_steps=50``: what the opt-in ICS probe
+                     costs (one extra forward/backward per measured layer, 4 layers).
     ours_every_step  ``LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=0)``: activation
                      and gradient statistics on every step (shift probe off).
     ours_shift_hist  ``LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=10,
                      shift_every_n_steps=10)``: scalars every step, histograms and the shift
-                     probe every 10 steps (skipped with a note when the installed version has no
-                     shift probe).
+                     probe every 10 steps.
 
 Measurement: configurations run interleaved round by round (A B C, B C A, ...) so that drift of a
 shared machine hits all of them alike. Each fit runs ``--warmup`` untimed steps, then ``--steps``
@@ -63,7 +64,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import inspect
 import json
 import logging
 import math
@@ -98,6 +98,8 @@ CONFIGS = (
     "grad_norm",
     "hooks_item",
     "ours_default",
+    "ours_no_shift",
+    "ours_ics",
     "ours_every_step",
     "ours_shift_hist",
 )
@@ -105,8 +107,6 @@ MEMORY_CONFIGS = ("plain", "ours_default", "ours_every_step")
 LOG_EVERY_N_STEPS = 50
 POOL = 8  # distinct synthetic batches per model, cycled
 VOCAB = 1000
-
-SUPPORTS_SHIFT = "shift_every_n_steps" in inspect.signature(LayerDiagnostics).parameters
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -292,7 +292,6 @@ class ItemHooks(pl.Callback):
 
 def config_callbacks(config: str) -> list[pl.Callback]:
     """The callbacks that make up ``config`` (``plain``: none)."""
-    no_shift = {"shift_every_n_steps": 0} if SUPPORTS_SHIFT else {}
     if config == "plain":
         return []
     if config == "grad_norm":
@@ -301,11 +300,13 @@ def config_callbacks(config: str) -> list[pl.Callback]:
         return [ItemHooks()]
     if config == "ours_default":
         return [LayerDiagnostics()]
+    if config == "ours_no_shift":
+        return [LayerDiagnostics(shift_every_n_steps=0)]
+    if config == "ours_ics":
+        return [LayerDiagnostics(ics_every_n_steps=LOG_EVERY_N_STEPS)]
     if config == "ours_every_step":
-        return [LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=0, **no_shift)]
+        return [LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=0, shift_every_n_steps=0)]
     if config == "ours_shift_hist":
-        if not SUPPORTS_SHIFT:
-            raise ValueError("ours_shift_hist needs LayerDiagnostics(shift_every_n_steps=...)")
         return [
             LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=10, shift_every_n_steps=10)
         ]
@@ -538,7 +539,6 @@ def header(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
         "log_every_n_steps": LOG_EVERY_N_STEPS,
-        "shift_probe_supported": SUPPORTS_SHIFT,
     }
 
 
@@ -681,10 +681,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         print(profile(models[0], args.profile, args.steps))
         return {}
 
-    notes: list[str] = []
-    if "ours_shift_hist" in configs and not SUPPORTS_SHIFT:
-        configs.remove("ours_shift_hist")
-        notes.append("ours_shift_hist skipped: LayerDiagnostics has no shift_every_n_steps")
     info = header(args, argv)
     print(f"# {info['command']}")
     print(
@@ -696,8 +692,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         f"# {args.rounds} round(s) x ({args.warmup} warm-up + {args.steps} timed steps), "
         f"configurations interleaved; load average at start {info['load_average_start']}"
     )
-    for note in notes:
-        print(f"# note: {note}")
 
     started = time.perf_counter()
     results: dict[str, dict[str, dict[str, Any]]] = {}
@@ -709,8 +703,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     memory = None
     if args.memory:
         memory_configs = _names(args.memory_configs, CONFIGS, "memory-configs")
-        if not SUPPORTS_SHIFT and "ours_shift_hist" in memory_configs:
-            memory_configs.remove("ours_shift_hist")
         memory = measure_memory(
             models[0], memory_configs, args.memory_steps, args.memory_repeats, args.threads
         )
@@ -724,7 +716,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     info["wall_s"] = time.perf_counter() - started
     print(f"\n# load average at end {info['load_average_end']}; {info['wall_s']:.0f} s")
-    output = {"environment": info, "notes": notes, "results": results, "memory": memory}
+    output = {"environment": info, "results": results, "memory": memory}
     if memory is not None:
         output["memory_model"] = models[0]
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ def test_quick_run_writes_positive_finite_times(tmp_path, capsys):
 
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(returned))
-    assert set(data) >= {"environment", "notes", "results", "memory"}
+    assert set(data) >= {"environment", "results", "memory"}
     assert data["environment"]["threads"] == 1
     assert data["environment"]["command"].startswith("python benchmarks/overhead.py --quick")
     assert data["memory"] is None
