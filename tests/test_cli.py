@@ -318,3 +318,20 @@ def test_subprocess_entry_points(tmp_path, thresholds):
     )
     result = subprocess.run([str(script), *command], capture_output=True, text=True, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+def test_a_closed_pipe_ends_quietly_and_never_reads_as_a_pass(tmp_path):
+    scalars = {f"activations/std/net.{i}": [(0, 1.0)] for i in range(4000)}
+    logdir = _write(tmp_path / "logs", scalars)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ln_diagnostics", "summary", str(logdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.readline()  # like `| head -1`: read one line, then hang up
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
