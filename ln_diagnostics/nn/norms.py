@@ -38,14 +38,17 @@ class _ChannelNorm(nn.Module):
     weight: nn.Parameter | None
     bias: nn.Parameter | None
 
+    #: whether an affine layer also learns a per-channel shift β
+    _has_bias: bool = True
+
     def __init__(
         self,
         num_channels: int,
-        eps: float,
-        affine: bool,
-        bias: bool,
-        device: torch.device | str | None,
-        dtype: torch.dtype | None,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
@@ -62,7 +65,7 @@ class _ChannelNorm(nn.Module):
             self.weight = nn.Parameter(torch.empty(num_channels, **factory))
         else:
             self.register_parameter("weight", None)
-        if affine and bias:
+        if affine and self._has_bias:
             self.bias = nn.Parameter(torch.empty(num_channels, **factory))
         else:
             self.register_parameter("bias", None)
@@ -117,17 +120,6 @@ class ChannelLayerNorm(_ChannelNorm):
         ChannelLayerNorm(8, eps=1e-05, affine=True, dim=1)
     """
 
-    def __init__(
-        self,
-        num_channels: int,
-        eps: float = 1e-5,
-        affine: bool = True,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(num_channels, eps, affine, bias=True, device=device, dtype=dtype)
-
     def forward(self, x: Tensor) -> Tensor:
         """Normalize ``x`` of shape ``(N, C, *)`` over dimension 1."""
         self._check_input(x)
@@ -171,16 +163,7 @@ class ChannelRMSNorm(_ChannelNorm):
         True
     """
 
-    def __init__(
-        self,
-        num_channels: int,
-        eps: float = 1e-5,
-        affine: bool = True,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(num_channels, eps, affine, bias=False, device=device, dtype=dtype)
+    _has_bias = False
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalize ``x`` of shape ``(N, C, *)`` over dimension 1."""
