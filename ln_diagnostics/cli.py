@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ln_diagnostics.tags import HEALTH, parse_tag
 from ln_diagnostics.tensorboard.reader import LogDirError, RunScalars, read_scalars
-from ln_diagnostics.tensorboard.tags import HEALTH, parse_tag
 from ln_diagnostics.thresholds.engine import (
     RuleResult,
     closest_tags,

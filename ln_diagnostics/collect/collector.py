@@ -55,19 +55,17 @@ from ln_diagnostics.collect.selection import (
 )
 from ln_diagnostics.stats.histogram import bucket_edges, histogram
 from ln_diagnostics.stats.moments import Moments, finalize, power_sums, reshift
+from ln_diagnostics.tags import (
+    ACTIVATIONS,
+    BACKPROP,
+    GRADIENTS,
+    PARAMETERS,
+    UPDATES,
+    health_tag,
+    tag,
+)
 
 __all__ = ["Collector", "select_modules"]
-
-# Tag parts. The grammar itself lives in ln_diagnostics.tensorboard.tags; the collector only
-# produces "{group}/{stat}/{layer}" keys so that it stays free of TensorBoard imports.
-_ACT, _GRAD, _BACKPROP, _PARAM, _UPDATE, _HEALTH = (
-    "activations",
-    "gradients",
-    "backprop",
-    "parameters",
-    "updates",
-    "health",
-)
 
 
 def _norms(tensors: list[Tensor]) -> list[Tensor]:
@@ -341,10 +339,10 @@ class Collector:
 
     # ------------------------------------------------------------------ host side
     def _tag(self, group: str, stat: str, i: int) -> str:
-        return f"{self.tag_prefix}{group}/{stat}/{self.names[i]}"
+        return tag(group, stat, self.names[i], prefix=self.tag_prefix)
 
     def _health(self, stat: str) -> str:
-        return f"{self.tag_prefix}{_HEALTH}/{stat}"
+        return health_tag(stat, prefix=self.tag_prefix)
 
     def _chunks(self, ranks: list[list[float]], layout: Layout) -> dict[str, list]:
         """Rows of every rank's slots, keyed by kind; parameter norms merged across ranks."""
@@ -395,7 +393,7 @@ class Collector:
         view = self if self._grouping is None else self._grouping.view(self, chunks)
         view._activation_scalars(chunks, scalars)
         view._gradient_scalars(chunks, scalars)
-        for kind, group in (("act", _ACT), ("grad", _GRAD)):
+        for kind, group in (("act", ACTIVATIONS), ("grad", GRADIENTS)):
             for i, hist in view._merge_histograms(chunks[f"{kind}_hf"], chunks[f"{kind}_hc"]):
                 histograms[view._tag(group, "hist", i)] = hist
         return StepReport(self.step, scalars, histograms)
@@ -417,7 +415,7 @@ class Collector:
                 continue
             stats = finalize(moments[i], saturation=self._saturation[i] is not None)
             for stat, value in stats.items():
-                scalars[self._tag(_ACT, stat, i)] = value
+                scalars[self._tag(ACTIVATIONS, stat, i)] = value
             nonfinite_total += stats["nonfinite"]
             if stats["nonfinite"] and first_bad is None:
                 first_bad = i
@@ -431,7 +429,7 @@ class Collector:
             backprop[i] += norm * norm
         ordered = [i for i in self._order if i in backprop]
         for i in ordered:
-            scalars[self._tag(_BACKPROP, "norm", i)] = math.sqrt(backprop[i])
+            scalars[self._tag(BACKPROP, "norm", i)] = math.sqrt(backprop[i])
         if len(ordered) >= 2:
             first, last = math.sqrt(backprop[ordered[0]]), math.sqrt(backprop[ordered[-1]])
             if not (first <= 0 or last <= 0):  # NaN passes
@@ -456,18 +454,18 @@ class Collector:
             if not js:
                 continue
             p_norm = math.sqrt(sum(param_norms[j] ** 2 for j in js))
-            scalars[self._tag(_PARAM, "norm", i)] = p_norm
+            scalars[self._tag(PARAMETERS, "norm", i)] = p_norm
             with_grad = [j for j in js if j in grad_sq]
             if with_grad:
                 g_norm = math.sqrt(sum(grad_sq[j] for j in with_grad))
-                scalars[self._tag(_GRAD, "norm", i)] = g_norm
+                scalars[self._tag(GRADIENTS, "norm", i)] = g_norm
                 if p_norm != 0:  # NaN passes: a non-finite ratio must reach the log
-                    scalars[self._tag(_GRAD, "ratio", i)] = g_norm / p_norm
+                    scalars[self._tag(GRADIENTS, "ratio", i)] = g_norm / p_norm
                 if not math.isfinite(g_norm) and first_bad is None:
                     first_bad = i
             if update_sq and p_norm != 0:
                 u_norm = math.sqrt(sum(update_sq[j] for j in js))
-                scalars[self._tag(_UPDATE, "ratio", i)] = u_norm / p_norm
+                scalars[self._tag(UPDATES, "ratio", i)] = u_norm / p_norm
         total_param = math.sqrt(sum(v * v for v in param_norms))
         scalars[self._health("param_norm_total")] = total_param
         if grad_sq:

@@ -50,13 +50,12 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ln_diagnostics.collect.probing import RNGState, preserved_state
+from ln_diagnostics.tags import ICS, health_tag, tag
 
 __all__ = ["ICSProbe", "LossFn"]
 
 #: ``loss(model, batch)`` returns the scalar loss whose gradient training uses.
 LossFn = Callable[[nn.Module, Any], Tensor]
-
-_ICS, _HEALTH = "ics", "health"
 
 
 class ICSProbe:
@@ -241,10 +240,10 @@ class ICSProbe:
         values = torch.stack([r for _, r in rows]).cpu().tolist()  # one host copy
         scalars: dict[str, float] = {}
         for (name, _), (l2, cos) in zip(rows, values, strict=True):
-            scalars[f"{self.tag_prefix}{_ICS}/l2/{name}"] = l2
-            scalars[f"{self.tag_prefix}{_ICS}/cos/{name}"] = cos
+            scalars[tag(ICS, "l2", name, prefix=self.tag_prefix)] = l2
+            scalars[tag(ICS, "cos", name, prefix=self.tag_prefix)] = cos
         cosines = [row[1] for row in values]
-        scalars[f"{self.tag_prefix}{_HEALTH}/ics_cos_mean"] = (
+        scalars[health_tag("ics_cos_mean", prefix=self.tag_prefix)] = (
             sum(cosines) / len(cosines) if all(math.isfinite(c) for c in cosines) else math.nan
         )
         return scalars

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 
 class LoggedScalars(NamedTuple):
-    """The scalars of one logging step, keyed by tag (see ``ln_diagnostics.tensorboard.tags``).
+    """The scalars of one logging step, keyed by tag (see ``ln_diagnostics.tags``).
 
     ``LayerDiagnostics.last_logged`` holds the most recent one; ``DiagnosticThresholds`` reads it
     to check live values.

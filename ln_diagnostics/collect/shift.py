@@ -44,10 +44,10 @@ from torch import Tensor, nn
 from ln_diagnostics.collect.probing import ForwardFn, default_forward, preserved_state
 from ln_diagnostics.collect.selection import primary_tensor
 from ln_diagnostics.stats.shift import EPS, feature_moments, merge_moments, shift_metrics
+from ln_diagnostics.tags import SHIFT, health_tag, tag
 
 __all__ = ["SHIFT_STATS", "ShiftProbe"]
 
-_SHIFT, _HEALTH = "shift", "health"
 #: Logged statistics, in the order of :func:`ln_diagnostics.stats.shift.shift_metrics`.
 SHIFT_STATS = ("mean", "logvar", "kl")
 _REFS = ("step", "init")
@@ -198,12 +198,12 @@ class ShiftProbe:
         totals: dict[str, list[float]] = {}
         for (name, ref_name, _), row in zip(rows, values, strict=True):
             for stat, value in zip(SHIFT_STATS, row, strict=True):
-                scalars[f"{self.tag_prefix}{_SHIFT}/{stat}_{ref_name}/{name}"] = value
+                scalars[tag(SHIFT, f"{stat}_{ref_name}", name, prefix=self.tag_prefix)] = value
                 totals.setdefault(f"{stat}_{ref_name}", []).append(value)
         for key, vals in totals.items():
             finite = [v for v in vals if math.isfinite(v)]
             mean = sum(finite) / len(finite) if len(finite) == len(vals) else math.nan
-            scalars[f"{self.tag_prefix}{_HEALTH}/shift_{key}"] = mean
+            scalars[health_tag(f"shift_{key}", prefix=self.tag_prefix)] = mean
         return scalars
 
     def _fail(self, exc: Exception) -> None:
@@ -211,8 +211,9 @@ class ShiftProbe:
         warnings.warn(
             f"ln-diagnostics: the covariate-shift probe could not run the model on the probe "
             f"batch ({type(exc).__name__}: {exc}). Pass probe_forward=<callable(model, batch)> "
-            "that runs your model on one batch (the default calls model(batch), model(*batch) or "
-            "model(**batch)); shift metrics are disabled, training goes on.",
+            "that runs your model on one batch (the default calls model(batch), model(**batch), "
+            "or model(*batch[:k]) with k the positional parameters of forward); shift metrics "
+            "are disabled, training goes on.",
             RuntimeWarning,
             stacklevel=3,
         )

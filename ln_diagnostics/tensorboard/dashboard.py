@@ -32,14 +32,7 @@ from typing import Any
 import numpy as np
 
 from ln_diagnostics.collect.records import StepReport
-from ln_diagnostics.tensorboard.heatmap import render_heatmap
-from ln_diagnostics.tensorboard.layout import build_layout, layout_summary
-from ln_diagnostics.tensorboard.summary_text import (
-    LayerRow,
-    hparams_summaries,
-    run_summary_markdown,
-)
-from ln_diagnostics.tensorboard.tags import (
+from ln_diagnostics.tags import (
     ACTIVATIONS,
     BACKPROP,
     HEATMAP_ACTIVATION_STD,
@@ -48,6 +41,13 @@ from ln_diagnostics.tensorboard.tags import (
     health_tag,
     heatmap_tag,
     parse_tag,
+)
+from ln_diagnostics.tensorboard.heatmap import render_heatmap
+from ln_diagnostics.tensorboard.layout import build_layout, layout_summary
+from ln_diagnostics.tensorboard.summary_text import (
+    LayerRow,
+    hparams_summaries,
+    run_summary_markdown,
 )
 
 __all__ = ["HPARAMS_METRICS", "Dashboard"]

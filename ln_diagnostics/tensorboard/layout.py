@@ -24,7 +24,7 @@ from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
-from ln_diagnostics.tensorboard.tags import HEALTH, LAYER_GROUPS, parse_tag, stat_regex
+from ln_diagnostics.tags import HEALTH, LAYER_GROUPS, parse_tag, stat_regex
 
 __all__ = ["HEALTH_TITLE", "build_layout", "layout_summary", "stat_keys"]
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ln_diagnostics.callbacks import LayerDiagnostics, NormSwap
-from ln_diagnostics.tensorboard.tags import (
+from ln_diagnostics.tags import (
     HEATMAP_ACTIVATION_STD,
     HEATMAP_BACKPROP,
     SUMMARY_TEXT_TAG,

@@ -13,6 +13,7 @@ from ln_diagnostics.collect.collector import Collector, select_modules
 from ln_diagnostics.collect.grouping import block_name, block_names
 from ln_diagnostics.collect.records import StepReport
 from ln_diagnostics.stats.moments import reshift
+from ln_diagnostics.tags import heatmap_tag, stat_regex
 from ln_diagnostics.tensorboard.dashboard import Dashboard
 from ln_diagnostics.tensorboard.layout import build_layout, stat_keys
 from ln_diagnostics.tensorboard.summary_text import (
@@ -21,7 +22,6 @@ from ln_diagnostics.tensorboard.summary_text import (
     hparam_value,
     run_summary_markdown,
 )
-from ln_diagnostics.tensorboard.tags import heatmap_tag, stat_regex
 
 
 @pytest.mark.parametrize(
