@@ -1,8 +1,7 @@
 """The one TensorBoard tag grammar: ``{group}/{stat}/{layer}`` and ``health/{stat}``.
 
 Every other module (collector, probes, writer, layouts, thresholds, CLI) builds and parses tags
-through these
-functions, so the grammar lives in exactly one place.
+through these functions, so the grammar lives in exactly one place.
 
 Example:
     >>> tag("gradients", "norm", "net.3")
