@@ -26,8 +26,6 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ln_diagnostics.stats.moments import reshift
-
 __all__ = ["Grouping", "block_name", "block_names"]
 
 #: Chunk kinds of the collector's packed layout whose key starts with the module index.
@@ -81,16 +79,10 @@ class Grouping:
     def view(self, collector: Any, chunks: dict[str, list[tuple[Any, list[float]]]]) -> Any:
         """Turn ``chunks`` (in place) and a shallow copy of ``collector`` into the block view.
 
-        Keys become group indices; activation sums of a group are re-centred to the group's
-        first shift so that the collector's own merging adds them exactly.
+        Keys become group indices; the collector's merge re-centres activation sums that carry
+        different shifts, so the rows of a group's members add up exactly.
         """
-        shifts: dict[int, float] = {}
-        act_f = []
-        for (i, n), floats in chunks.get("act_f", []):
-            g = self.index[i]
-            shift = shifts.setdefault(g, floats[0])
-            act_f.append(((g, n), floats if floats[0] == shift else reshift(floats, n, shift)))
-        chunks["act_f"] = act_f
+        chunks["act_f"] = [((self.index[i], n), f) for (i, n), f in chunks.get("act_f", [])]
         for kind in _PER_MODULE:
             chunks[kind] = [(self.index[i], v) for i, v in chunks.get(kind, [])]
         view = copy.copy(collector)
