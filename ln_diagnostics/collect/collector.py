@@ -54,7 +54,7 @@ from ln_diagnostics.collect.selection import (
     select_modules,
 )
 from ln_diagnostics.stats.histogram import bucket_edges, histogram
-from ln_diagnostics.stats.moments import Moments, finalize, power_sums, reshift
+from ln_diagnostics.stats.moments import Moments, Scratch, finalize, power_sums, reshift
 from ln_diagnostics.tags import (
     ACTIVATIONS,
     BACKPROP,
@@ -125,6 +125,8 @@ class Collector:
         self._edges: Tensor | None = None
         self._limits: list[float] = []
         self._warned_nonfinite: set[str] = set()
+        self._scratch = Scratch()
+        self._kept_params: list[Tensor] | None = None
         self.step = 0
         self._on = False
         self._hist_on = False
@@ -148,6 +150,8 @@ class Collector:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._scratch.clear()
+        self._kept_params = None
         self._on = self._hist_on = False
         self._reset_step_state()
 
@@ -171,7 +175,7 @@ class Collector:
     def _reset_step_state(self) -> None:
         self._shift: dict[int, Tensor] = {}
         self._order: list[int] = []
-        self._act: list[tuple[int, int, Tensor, Tensor]] = []
+        self._act: list[tuple[int, int, Tensor]] = []
         self._act_hist: list[tuple[int, Tensor, Tensor]] = []
         self._backprop: list[tuple[int, Tensor]] = []
         self._grads: tuple[list[int], list[Tensor], list[Tensor]] | None = None
@@ -233,7 +237,7 @@ class Collector:
         if self._grads is None:
             self._grads = (fresh, _norms(grads), _norms([p.detach() for p in self._params]))
             if self.track_updates:
-                self._snapshot = [self._params[j].detach().clone() for j in self._watched_params]
+                self._snapshot = self._copy_watched_params()
         else:
             present, grad_norms, param_norms = self._grads
             self._grads = (present + fresh, grad_norms + _norms(grads), param_norms)
@@ -244,6 +248,23 @@ class Collector:
                 for j in js:
                     if j in grad_of:
                         self._grad_hist.append((i, *histogram(grad_of[j], self._edges)))
+
+    def _copy_watched_params(self) -> list[Tensor]:
+        """The watched parameters' values before the update.
+
+        On the CPU the copy goes into buffers kept between logging steps: a fresh
+        parameter-sized allocation costs a page fault per 4 KiB every time. CUDA's caching
+        allocator reuses blocks by itself, and a fresh copy leaves that memory to the
+        activations between logging steps.
+        """
+        current = [self._params[j].detach() for j in self._watched_params]
+        if self._device.type != "cpu":
+            return [t.clone() for t in current]
+        kept = self._kept_params
+        if kept is None or [k.shape for k in kept] != [t.shape for t in current]:
+            kept = self._kept_params = [torch.empty_like(t) for t in current]
+        torch._foreach_copy_(kept, current)
+        return kept
 
     def end_step(self) -> StepReport | None:
         """Finish the step; on a logging step return its report (one device-to-host copy)."""
@@ -275,10 +296,10 @@ class Collector:
         shift = self._shift.get(i)
         if shift is None:
             self._order.append(i)
-        floats, counts = power_sums(t, shift, self._saturation[i])
+        row = power_sums(t, shift, self._saturation[i], scratch=self._scratch)
         if shift is None:
-            self._shift[i] = floats[0]
-        self._act.append((i, t.numel(), floats, counts))
+            self._shift[i] = row[0]
+        self._act.append((i, t.numel(), row))
         if self._hist_on and self._edges is not None:
             self._act_hist.append((i, *histogram(t, self._edges)))
         if t.requires_grad and torch.is_grad_enabled():
@@ -319,9 +340,8 @@ class Collector:
             param_n = pack_norms(p, range(p), param_norms, device)
             if self._snapshot is not None:
                 current = [self._params[j].detach() for j in self._watched_params]
-                with torch.no_grad():
-                    deltas = torch._foreach_sub(current, self._snapshot)
-                update_n = pack_norms(p, self._watched_params, _norms(deltas), device)
+                torch._foreach_sub_(self._snapshot, current)  # θ_t − θ_{t+1}, in place
+                update_n = pack_norms(p, self._watched_params, _norms(self._snapshot), device)
         parts = [
             pack_activations(m, self._act, device),
             pack_backprop(m, self._backprop, device),
@@ -351,8 +371,7 @@ class Collector:
         for act, bp, _params, *hists in blocks:
             for i, row in enumerate(act):
                 if row[0] > 0:
-                    chunks["act_f"].append(((i, int(row[0])), row[1:8]))
-                    chunks["act_c"].append((i, row[8:11]))
+                    chunks["act"].append(((i, int(row[0])), row[1:]))
             for i, (squares, calls) in enumerate(bp):
                 if calls > 0:
                     chunks["bp"].append((i, [math.sqrt(squares)]))
@@ -369,7 +388,7 @@ class Collector:
                 chunks["grad"].append((present, [grad[j] for j in present]))
             if any(update[j] != -1.0 for j in self._watched_params):
                 chunks["update"].append((None, [update[j] for j in self._watched_params]))
-        seen = {key[0] if isinstance(key, tuple) else key for key, _ in chunks["act_f"]}
+        seen = {key[0] for key, _ in chunks["act"]}
         seen |= {i for i, _ in chunks["bp"]}
         self._order += sorted(seen - set(self._order))  # modules that ran on other ranks only
         return chunks
@@ -400,10 +419,10 @@ class Collector:
 
     def _activation_scalars(self, chunks: dict, scalars: dict[str, float]) -> None:
         moments: dict[int, Moments] = {}
-        for ((i, n), floats), (_, counts) in zip(chunks["act_f"], chunks["act_c"], strict=True):
-            if i in moments and floats[0] != moments[i].shift:
-                floats = reshift(floats, n, moments[i].shift)  # rows from another rank
-            m = Moments.from_rows(floats, counts, n)
+        for (i, n), row in chunks["act"]:
+            if i in moments and row[0] != moments[i].shift:
+                row = reshift(row, n, moments[i].shift)  # rows from another rank
+            m = Moments.from_row(row, n)
             if i in moments:
                 moments[i].merge(m)
             else:

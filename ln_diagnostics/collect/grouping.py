@@ -29,7 +29,7 @@ from typing import Any
 __all__ = ["Grouping", "block_name", "block_names"]
 
 #: Chunk kinds of the collector's packed layout whose key starts with the module index.
-_PER_MODULE = ("act_c", "act_hf", "act_hc", "bp", "grad_hf", "grad_hc")
+_PER_MODULE = ("act_hf", "act_hc", "bp", "grad_hf", "grad_hc")
 
 
 def block_name(name: str, depth: int) -> str:
@@ -82,7 +82,7 @@ class Grouping:
         Keys become group indices; the collector's merge re-centres activation sums that carry
         different shifts, so the rows of a group's members add up exactly.
         """
-        chunks["act_f"] = [((self.index[i], n), f) for (i, n), f in chunks.get("act_f", [])]
+        chunks["act"] = [((self.index[i], n), row) for (i, n), row in chunks.get("act", [])]
         for kind in _PER_MODULE:
             chunks[kind] = [(self.index[i], v) for i, v in chunks.get(kind, [])]
         view = copy.copy(collector)

@@ -56,23 +56,22 @@ def _index(rows: Sequence[tuple[int, ...]], device: torch.device) -> Tensor:
 
 def pack_activations(
     m: int,
-    rows: Sequence[tuple[int, int, Tensor, Tensor]],
+    rows: Sequence[tuple[int, int, Tensor]],
     device: torch.device,
 ) -> Tensor:
-    """``[m, ACT_WIDTH]`` from per-call ``(module, numel, floats, counts)`` rows."""
+    """``[m, ACT_WIDTH]`` from per-call ``(module, numel, power_sums row)`` entries."""
     sums = torch.zeros(m, 8, dtype=torch.float64, device=device)
     shift = torch.zeros(m, dtype=torch.float64, device=device)
     low = torch.full((m,), _INF, dtype=torch.float64, device=device)
     high = torch.full((m,), -_INF, dtype=torch.float64, device=device)
     if rows:
         idx = _index(rows, device)
-        floats = _rows([r[2] for r in rows], device)
-        counts = _rows([r[3] for r in rows], device)
+        data = _rows([r[2] for r in rows], device)  # FIELDS of power_sums
         n = torch.tensor([float(r[1]) for r in rows], dtype=torch.float64, device=device)
-        sums.index_add_(0, idx, torch.cat([n[:, None], floats[:, 1:5], counts], dim=1))
-        shift.scatter_reduce_(0, idx, floats[:, 0], "amax", include_self=False)
-        low.scatter_reduce_(0, idx, floats[:, 5], "amin")
-        high.scatter_reduce_(0, idx, floats[:, 6], "amax")
+        sums.index_add_(0, idx, torch.cat([n[:, None], data[:, 1:5], data[:, 7:]], dim=1))
+        shift.scatter_reduce_(0, idx, data[:, 0], "amax", include_self=False)
+        low.scatter_reduce_(0, idx, data[:, 5], "amin")
+        high.scatter_reduce_(0, idx, data[:, 6], "amax")
     columns = [sums[:, :1], shift[:, None], sums[:, 1:5], low[:, None], high[:, None], sums[:, 5:]]
     return torch.cat(columns, dim=1)
 

@@ -8,8 +8,7 @@ calls are turned into mean, std, rms, absmax, kurtosis and fractions, in float64
 Example:
     >>> import torch
     >>> x = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
-    >>> sums, counts = power_sums(x)
-    >>> stats = finalize(Moments.from_rows(sums.tolist(), counts.tolist(), x.numel()))
+    >>> stats = finalize(Moments.from_row(power_sums(x).tolist(), x.numel()))
     >>> round(stats["mean"], 6), round(stats["zero_frac"], 6), stats["absmax"]
     (0.5, 0.25, 3.0)
 """
@@ -27,19 +26,61 @@ from torch import Tensor
 
 Saturation = Literal["tanh", "sigmoid"]
 
-#: Layout of the float row returned by :func:`power_sums`.
-FLOAT_FIELDS = ("shift", "s1", "s2", "s3", "s4", "min", "max")
-#: Layout of the integer row returned by :func:`power_sums`.
-COUNT_FIELDS = ("nonzero", "saturated", "nonfinite")
+#: Layout of the row returned by :func:`power_sums` (the counts are float32 sums of 0/1 values:
+#: exact below 2**24 elements, relative error ~1e-7 beyond).
+FIELDS = ("shift", "s1", "s2", "s3", "s4", "min", "max", "nonzero", "saturated", "nonfinite")
 
 #: |y| above this counts as saturated for tanh-like outputs; sigmoid-like: y < 1 - T or y > T.
 SATURATION_THRESHOLD = 0.97
 
 
+#: Elements reduced per pass of :func:`power_sums`; larger tensors are reduced chunk by chunk,
+#: which bounds the scratch memory at three float32 buffers of this length.
+CHUNK = 1 << 20
+
+
+class Scratch:
+    """Reusable float32 work buffers for :func:`power_sums`, one set per device.
+
+    On the CPU a fresh temporary of a few MB costs a page fault per 4 KiB every time it is
+    allocated; reusing the buffers across calls removes that cost (CUDA's caching allocator
+    already reuses its blocks). The buffers grow to the largest chunk seen, at most
+    :data:`CHUNK` elements each.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[torch.device, Tensor] = {}
+        self._views: dict[tuple[torch.device, int], tuple[Tensor, Tensor, Tensor]] = {}
+
+    def views(self, n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Three disjoint float32 vectors of length ``n`` on ``device``."""
+        views = self._views.get((device, n))
+        if views is None:
+            if len(self._views) >= 64:  # e.g. variable sequence lengths: keep the cache small
+                self._views.clear()
+            buffer = self._buffers.get(device)
+            if buffer is None or buffer.numel() < 3 * n:
+                buffer = torch.empty(3 * n, dtype=torch.float32, device=device)
+                self._buffers[device] = buffer
+                self._views = {key: v for key, v in self._views.items() if key[0] != device}
+            views = (buffer[:n], buffer[n : 2 * n], buffer[2 * n : 3 * n])
+            self._views[(device, n)] = views
+        return views
+
+    def clear(self) -> None:
+        """Free the buffers."""
+        self._buffers.clear()
+        self._views.clear()
+
+
 def power_sums(
-    x: Tensor, shift: Tensor | None = None, saturation: Saturation | None = None
-) -> tuple[Tensor, Tensor]:
-    """Reduce ``x`` to a float32 row ``FLOAT_FIELDS`` and an int64 row ``COUNT_FIELDS``.
+    x: Tensor,
+    shift: Tensor | None = None,
+    saturation: Saturation | None = None,
+    *,
+    scratch: Scratch | None = None,
+) -> Tensor:
+    """Reduce ``x`` to one float32 row laid out as :data:`FIELDS`.
 
     Args:
         x: a non-empty floating-point tensor of any shape; half precision is accumulated in
@@ -48,29 +89,67 @@ def power_sums(
             keeps the sums small and the kurtosis accurate when ``|mean| >> std``.
         saturation: ``"tanh"`` counts ``|y| > 0.97``, ``"sigmoid"`` counts ``y < 0.03 or
             y > 0.97``; ``None`` leaves the count at zero.
+        scratch: work buffers to reuse across calls (fresh ones when ``None``).
 
     Returns:
-        ``(floats, counts)``: both 1-d tensors on ``x``'s device. Non-finite values propagate into
-        the sums and extremes and are counted in ``counts[2]``.
+        A 1-d tensor on ``x``'s device. Non-finite values propagate into the sums, the extremes
+        and the zero and saturation counts (a NaN makes them NaN) and are counted exactly in
+        ``nonfinite``.
+
+    Every step is a vectorised float kernel: comparisons, boolean masks and ``count_nonzero``
+    are several times slower on the CPU, so counts are dot products of ``sign`` values and
+    non-finite values are found as the NaNs of ``x * 0``.
     """
-    with torch.no_grad():
-        flat = x.detach().reshape(-1).float()
-        k = flat.mean() if shift is None else shift
-        d = flat - k
-        d2 = d * d
-        # dot products reduce without materialising d³ and d⁴
-        floats = torch.stack(
-            [k, d.sum(), d2.sum(), torch.dot(d2, d), torch.dot(d2, d2), *torch.aminmax(flat)]
-        )
-        nonzero = torch.count_nonzero(flat)
+    flat = x.detach().reshape(-1)
+    if shift is not None:
+        k = shift
+    else:
+        k = flat.mean() if flat.dtype == torch.float32 else flat.mean(dtype=torch.float32)
+    n = flat.numel()
+    buffers = (scratch or Scratch()).views(min(n, CHUNK), flat.device)
+    if n <= CHUNK:
+        return torch.stack([k, *_chunk_sums(flat, k, buffers, saturation)])
+    chunks = torch.stack(
+        [
+            torch.stack(_chunk_sums(flat[i : i + CHUNK], k, buffers, saturation))
+            for i in range(0, n, CHUNK)
+        ]
+    )
+    total = chunks.sum(0)
+    return torch.stack([k, *total[:4], chunks[:, 4].amin(), chunks[:, 5].amax(), *total[6:]])
+
+
+def _chunk_sums(
+    part: Tensor,
+    k: Tensor,
+    buffers: tuple[Tensor, Tensor, Tensor],
+    saturation: Saturation | None,
+) -> list[Tensor]:
+    """``FIELDS[1:]`` of one chunk, computed in the reused buffers."""
+    d, scratch, converted = buffers
+    m = part.numel()
+    if m < d.numel():
+        d, scratch, converted = d[:m], scratch[:m], converted[:m]
+    if part.dtype != torch.float32:
+        part = converted.copy_(part)
+    torch.sub(part, k, out=d)
+    torch.mul(d, d, out=scratch)
+    # dot products reduce without materialising d³, d⁴ or sign²
+    sums = [d.sum(), scratch.sum(), torch.dot(scratch, d), torch.dot(scratch, scratch)]
+    sums += torch.aminmax(part)
+    torch.sign(part, out=d)
+    sums.append(torch.dot(d, d))
+    if saturation is None:
+        sums.append(torch.zeros_like(k))
+    else:
         if saturation == "tanh":
-            saturated = torch.count_nonzero(flat.abs() > SATURATION_THRESHOLD)
-        elif saturation == "sigmoid":
-            saturated = torch.count_nonzero((flat - 0.5).abs() > SATURATION_THRESHOLD - 0.5)
+            torch.abs(part, out=d).sub_(SATURATION_THRESHOLD)
         else:
-            saturated = torch.zeros_like(nonzero)
-        nonfinite = torch.count_nonzero(flat * 0.0)
-        return floats, torch.stack([nonzero, saturated, nonfinite])
+            torch.sub(part, 0.5, out=d).abs_().sub_(SATURATION_THRESHOLD - 0.5)
+        sums.append(d.sign_().relu_().sum())
+    torch.mul(part, 0.0, out=scratch)  # 0, or NaN where x is NaN or ±inf
+    sums.append(scratch.nan_to_num_(nan=1.0).sum())
+    return sums
 
 
 @dataclass
@@ -90,9 +169,9 @@ class Moments:
     nonfinite: float
 
     @classmethod
-    def from_rows(cls, floats: list[float], counts: list[float], n: int) -> Moments:
-        """Build from one call's rows as produced by :func:`power_sums`."""
-        return cls(n, *floats, *counts)
+    def from_row(cls, row: Sequence[float], n: int) -> Moments:
+        """Build from one call's row as produced by :func:`power_sums`."""
+        return cls(n, *row)
 
     def merge(self, other: Moments) -> None:
         """Add another call's sums (computed with the same shift) to these."""

@@ -31,11 +31,8 @@ def reference(x: np.ndarray, saturation: str | None = None) -> dict[str, float]:
 
 
 def stats_of(x: torch.Tensor, saturation=None, shift=None) -> dict[str, float]:
-    floats, counts = power_sums(x, shift, saturation)
-    return finalize(
-        Moments.from_rows(floats.tolist(), counts.tolist(), x.numel()),
-        saturation=saturation is not None,
-    )
+    row = power_sums(x, shift, saturation)
+    return finalize(Moments.from_row(row.tolist(), x.numel()), saturation=saturation is not None)
 
 
 gen = np.random.default_rng(0)
@@ -71,10 +68,10 @@ def test_kurtosis_of_gaussian_is_three_and_uniform_is_nine_fifths():
 def test_calls_sharing_a_shift_merge_to_the_statistics_of_the_concatenation():
     a = torch.tensor(gen.normal(2.0, 1.0, size=(50, 8)), dtype=torch.float32)
     b = torch.tensor(gen.normal(-1.0, 3.0, size=(30, 8)), dtype=torch.float32)
-    fa, ca = power_sums(a)
-    fb, cb = power_sums(b, shift=fa[0])
-    merged = Moments.from_rows(fa.tolist(), ca.tolist(), a.numel())
-    merged.merge(Moments.from_rows(fb.tolist(), cb.tolist(), b.numel()))
+    ra = power_sums(a)
+    rb = power_sums(b, shift=ra[0])
+    merged = Moments.from_row(ra.tolist(), a.numel())
+    merged.merge(Moments.from_row(rb.tolist(), b.numel()))
     got = finalize(merged)
     want = reference(torch.cat([a, b]).numpy())
     for key in ("mean", "std", "rms", "absmax", "kurtosis", "zero_frac"):
@@ -101,8 +98,7 @@ def test_constant_tensor_has_zero_std_and_no_kurtosis():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_is_accumulated_in_float32(dtype):
     x = torch.full((70_000,), 1.0, dtype=dtype)  # a float16 sum would stop at 2048
-    floats, _ = power_sums(x)
-    assert floats.dtype == torch.float32
+    assert power_sums(x).dtype == torch.float32
     got = stats_of(x)
     assert got["mean"] == pytest.approx(1.0)
     assert got["rms"] == pytest.approx(1.0)
@@ -110,5 +106,31 @@ def test_half_precision_is_accumulated_in_float32(dtype):
 
 def test_statistics_do_not_touch_autograd():
     x = torch.randn(8, 4, requires_grad=True)
-    floats, counts = power_sums(x * 2)
-    assert not floats.requires_grad and not counts.requires_grad
+    assert not power_sums(x * 2).requires_grad
+
+
+def test_chunked_reduction_matches_the_single_pass(monkeypatch):
+    """Tensors longer than CHUNK are reduced chunk by chunk into the same row."""
+    import ln_diagnostics.stats.moments as moments
+
+    torch.manual_seed(3)
+    x = torch.cat([torch.randn(1000) * 3 + 5, torch.zeros(37), torch.tanh(torch.randn(500))])
+    whole = power_sums(x, saturation="tanh")
+    monkeypatch.setattr(moments, "CHUNK", 256)  # 6 full chunks and a short one
+    chunked = power_sums(x, saturation="tanh", scratch=moments.Scratch())
+    assert chunked[0] == whole[0]
+    assert torch.allclose(chunked[1:], whole[1:], rtol=1e-5, atol=1e-3)
+    saturated = float((x.abs() > 0.97).sum())
+    assert chunked[7:].tolist() == [float(x.numel() - 37), saturated, 0.0]
+    x[17], x[300] = float("inf"), float("nan")
+    assert power_sums(x)[9] == 2.0 and math.isnan(power_sums(x)[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_reused_scratch_gives_the_same_row_for_every_dtype_and_size(dtype):
+    from ln_diagnostics.stats.moments import Scratch
+
+    scratch = Scratch()
+    for n in (5000, 17, 5000, 300):
+        x = torch.randn(n).to(dtype)
+        assert torch.equal(power_sums(x, scratch=scratch), power_sums(x))
