@@ -125,7 +125,8 @@ class Collector:
         self._edges: Tensor | None = None
         self._limits: list[float] = []
         self._warned_nonfinite: set[str] = set()
-        self._scratch = Scratch()
+        #: work buffers of the activation statistics, shared with probes that pause the collector
+        self.scratch = Scratch()
         self._kept_params: list[Tensor] | None = None
         self.step = 0
         self._on = False
@@ -150,7 +151,7 @@ class Collector:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._scratch.clear()
+        self.scratch.clear()
         self._kept_params = None
         self._on = self._hist_on = False
         self._reset_step_state()
@@ -296,7 +297,7 @@ class Collector:
         shift = self._shift.get(i)
         if shift is None:
             self._order.append(i)
-        row = power_sums(t, shift, self._saturation[i], scratch=self._scratch)
+        row = power_sums(t, shift, self._saturation[i], scratch=self.scratch)
         if shift is None:
             self._shift[i] = row[0]
         self._act.append((i, t.numel(), row))

@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from ln_diagnostics.collect.probing import ForwardFn, default_forward, preserved_state
 from ln_diagnostics.collect.selection import primary_tensor
-from ln_diagnostics.stats.shift import EPS, feature_moments, merge_moments, shift_metrics
+from ln_diagnostics.stats.moments import Scratch
+from ln_diagnostics.stats.shift import EPS, feature_moments, merge_moments, segment_shift_metrics
 from ln_diagnostics.tags import SHIFT, health_tag, tag
 
 __all__ = ["SHIFT_STATS", "ShiftProbe"]
@@ -91,6 +92,7 @@ class ShiftProbe:
         seed: seed of the generators inside the probe (fixed dropout masks).
         tag_prefix: prepended to every tag.
         eps: added to every variance (see :mod:`ln_diagnostics.stats.shift`).
+        scratch: work buffers to reuse (the collector's: the probe runs while it is paused).
 
     If the forward pass fails, the probe warns once (naming the exception and the
     ``probe_forward`` option) and disables itself; :meth:`measure` then returns ``{}``.
@@ -107,6 +109,7 @@ class ShiftProbe:
         seed: int = 0,
         tag_prefix: str = "",
         eps: float = EPS,
+        scratch: Scratch | None = None,
     ) -> None:
         self.model = model
         self.names = [name or "<root>" for name, _ in modules]
@@ -117,6 +120,7 @@ class ShiftProbe:
         self.seed = seed
         self.tag_prefix = tag_prefix
         self.eps = eps
+        self._scratch = scratch or Scratch()
         self._channels_first = [_channels_first(m) for m in self.modules]
         self.init: dict[str, Fit] = {}
         self.prev: dict[str, Fit] = {}
@@ -126,7 +130,9 @@ class ShiftProbe:
     def from_collector(cls, collector: Any, **kwargs: Any) -> ShiftProbe:
         """A probe over the collector's watched modules that pauses it while probing."""
         modules = list(zip(collector.names, collector.modules, strict=True))
-        return cls(collector.model, modules, pause=collector.paused, **kwargs)
+        return cls(
+            collector.model, modules, pause=collector.paused, scratch=collector.scratch, **kwargs
+        )
 
     # ------------------------------------------------------------------ measuring
     def measure(self, step: int) -> dict[str, float]:
@@ -171,7 +177,11 @@ class ShiftProbe:
         t = primary_tensor(output)
         if t is None or t.ndim == 0 or t.numel() == 0:
             return
-        mean, var = feature_moments(t, channels_first=self._channels_first[i])
+        mean, var = feature_moments(
+            t,
+            channels_first=self._channels_first[i],
+            scratch=self._scratch.vector(t.numel(), t.device),
+        )
         fit = (t.numel() // mean.numel(), mean, var)
         earlier = captured.get(i)
         if earlier is None:
@@ -180,23 +190,26 @@ class ShiftProbe:
             captured[i] = merge_moments(earlier, fit)
 
     def _compare(self, fits: dict[int, Fit]) -> dict[str, float]:
-        rows: list[tuple[str, str, Tensor]] = []
+        pairs: list[tuple[str, str, Fit, Fit]] = []
         for i, fit in fits.items():
             name = self.names[i]
             for ref_name, refs in (("step", self.prev), ("init", self.init)):
                 ref = refs.get(name, fit)
-                if ref[0].shape != fit[0].shape:
-                    continue  # the layer's width changed: no comparison this time
-                rows.append((name, ref_name, shift_metrics(*fit, *ref, eps=self.eps)))
+                if ref[0].shape == fit[0].shape:  # else the layer's width changed: no comparison
+                    pairs.append((name, ref_name, fit, ref))
             self.prev[name] = fit
             if name not in self.init or self.init[name][0].shape != fit[0].shape:
                 self.init[name] = fit
-        if not rows:
+        if not pairs:
             return {}
-        values = torch.stack([r for _, _, r in rows]).tolist()
+        columns = [
+            torch.cat([pair[2 + side][k] for pair in pairs]) for side in (0, 1) for k in (0, 1)
+        ]
+        sizes = [pair[2][0].numel() for pair in pairs]
+        values = segment_shift_metrics(*columns, sizes, eps=self.eps).tolist()
         scalars: dict[str, float] = {}
         totals: dict[str, list[float]] = {}
-        for (name, ref_name, _), row in zip(rows, values, strict=True):
+        for (name, ref_name, _, _), row in zip(pairs, values, strict=True):
             for stat, value in zip(SHIFT_STATS, row, strict=True):
                 scalars[tag(SHIFT, f"{stat}_{ref_name}", name, prefix=self.tag_prefix)] = value
                 totals.setdefault(f"{stat}_{ref_name}", []).append(value)

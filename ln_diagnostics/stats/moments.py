@@ -52,6 +52,13 @@ class Scratch:
         self._buffers: dict[torch.device, Tensor] = {}
         self._views: dict[tuple[torch.device, int], tuple[Tensor, Tensor, Tensor]] = {}
 
+    def vector(self, n: int, device: torch.device) -> Tensor | None:
+        """One float32 vector of length ``n`` (overlapping :meth:`views`), or ``None`` when ``n``
+        exceeds the three buffers together."""
+        if n > 3 * CHUNK:
+            return None
+        return self.views(-(-n // 3), device)[0].as_strided((n,), (1,))
+
     def views(self, n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Three disjoint float32 vectors of length ``n`` on ``device``."""
         views = self._views.get((device, n))

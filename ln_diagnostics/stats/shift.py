@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -37,6 +39,7 @@ __all__ = [
     "logvar_shift",
     "mean_shift",
     "merge_moments",
+    "segment_shift_metrics",
     "shift_metrics",
     "symmetric_kl",
 ]
@@ -61,7 +64,11 @@ def feature_dim(ndim: int, *, channels_first: bool = False) -> int | None:
 
 
 def feature_moments(
-    x: Tensor, dim: int | Literal["auto"] | None = "auto", *, channels_first: bool = False
+    x: Tensor,
+    dim: int | Literal["auto"] | None = "auto",
+    *,
+    channels_first: bool = False,
+    scratch: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-feature mean and population variance of ``x`` in float32, detached.
 
@@ -70,20 +77,31 @@ def feature_moments(
         dim: the feature dimension; ``None`` pools everything into one feature; ``"auto"``
             picks it with :func:`feature_dim`.
         channels_first: forwarded to :func:`feature_dim` when ``dim`` is not given.
+        scratch: a float32 vector of at least ``x.numel()`` elements on ``x``'s device to hold
+            the centred values (a fresh tensor when ``None`` or too short).
 
     Returns:
         ``(mean, var)``, each of shape ``(features,)``.
+
+    Two passes (the mean, then the mean of squared deviations from it), reduced in place over
+    a ``(before, features, after)`` view with no transposed copy: several times faster on the
+    CPU than ``torch.var_mean``, and as accurate (float32 values, centred before squaring).
     """
-    with torch.no_grad():
-        t = x.detach().float()
-        if dim == "auto":
-            dim = feature_dim(t.ndim, channels_first=channels_first)
-        if dim is None:
-            flat = t.reshape(1, -1)
-        else:
-            flat = t.movedim(dim, 0).reshape(t.shape[dim], -1)
-        var, mean = torch.var_mean(flat, dim=1, correction=0)
-        return mean, var
+    t = x.detach()
+    if dim == "auto":
+        dim = feature_dim(t.ndim, channels_first=channels_first)
+    if dim is None:
+        view = t.reshape(1, 1, -1)
+    else:
+        dim %= t.ndim
+        view = t.reshape(math.prod(t.shape[:dim]), t.shape[dim], -1)
+    mean = view.mean(dim=(0, 2), dtype=torch.float32)
+    if scratch is None or scratch.numel() < view.numel():
+        centred = view - mean[None, :, None]
+    else:
+        centred = torch.sub(view, mean[None, :, None], out=scratch[: view.numel()].view(view.shape))
+    var = centred.square_().mean(dim=(0, 2))
+    return mean, var
 
 
 def merge_moments(
@@ -140,3 +158,34 @@ def shift_metrics(
             symmetric_kl(mu, var, mu_ref, var_ref, eps),
         ]
     )
+
+
+def segment_shift_metrics(
+    mu: Tensor,
+    var: Tensor,
+    mu_ref: Tensor,
+    var_ref: Tensor,
+    sizes: Sequence[int],
+    eps: float = EPS,
+) -> Tensor:
+    """:func:`shift_metrics` of many layers at once: ``(len(sizes), 3)``.
+
+    The inputs are the layers' per-feature fits concatenated; layer ``k`` owns the next
+    ``sizes[k]`` features. One pass of a dozen vector operations replaces a dozen per layer.
+    """
+    mu, var, mu_ref, var_ref = (t.float() for t in (mu, var, mu_ref, var_ref))
+    vp, vq = var + eps, var_ref + eps
+    d2 = (mu - mu_ref).square()
+    per_feature = torch.stack(
+        [
+            d2.sqrt() / vq.sqrt(),
+            (torch.log(vp) - torch.log(vq)).abs(),
+            0.5 * (vp / vq + vq / vp - 2.0) + 0.5 * d2 * (1.0 / vp + 1.0 / vq),
+        ],
+        dim=1,
+    )
+    counts = torch.tensor(list(sizes), dtype=torch.long, device=mu.device)
+    segment = torch.repeat_interleave(torch.arange(len(counts), device=mu.device), counts)
+    totals = torch.zeros(len(counts), 3, dtype=per_feature.dtype, device=mu.device)
+    totals.index_add_(0, segment, per_feature)
+    return totals / counts[:, None]

@@ -13,6 +13,7 @@ from ln_diagnostics.stats.shift import (
     logvar_shift,
     mean_shift,
     merge_moments,
+    segment_shift_metrics,
     shift_metrics,
     symmetric_kl,
 )
@@ -82,9 +83,12 @@ def test_mean_shift_is_standardised_by_the_reference_std():
         ((50,), None, {}),  # one feature
     ],
 )
-def test_per_feature_moments_match_numpy_float64(shape, axis, kwargs):
+@pytest.mark.parametrize("scratch", [None, 1000, 3], ids=["fresh", "scratch", "short_scratch"])
+def test_per_feature_moments_match_numpy_float64(shape, axis, kwargs, scratch):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=gen) * 3.0 + 2.0
+    if scratch is not None:
+        kwargs = {**kwargs, "scratch": torch.full((scratch,), float("nan"))}
     mu, var = feature_moments(x, **kwargs)
     a = x.double().numpy()
     if axis is None:
@@ -120,3 +124,16 @@ def test_merged_moments_equal_moments_of_the_concatenation():
     assert n == 80
     np.testing.assert_allclose(mu.numpy(), ref.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(var.numpy(), ref.var(0), rtol=1e-5)
+
+
+def test_segmented_metrics_equal_the_metrics_of_each_layer():
+    gen = torch.Generator().manual_seed(5)
+    sizes = [3, 1, 8, 5]
+    fits = [[torch.randn(n, generator=gen), torch.rand(n, generator=gen) * 2] for n in sizes]
+    refs = [[mu + 0.3 * torch.randn(mu.shape, generator=gen), var * 1.5] for mu, var in fits]
+    refs[1][1] = torch.zeros(1)  # a dead feature: eps keeps it finite
+    columns = [torch.cat([pair[k] for pair in side]) for side in (fits, refs) for k in (0, 1)]
+    got = segment_shift_metrics(*columns, sizes)
+    want = torch.stack([shift_metrics(*fit, *ref) for fit, ref in zip(fits, refs, strict=True)])
+    assert got.shape == (4, 3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
