@@ -128,6 +128,7 @@ class Collector:
         #: work buffers of the activation statistics, shared with probes that pause the collector
         self.scratch = Scratch()
         self._kept_params: list[Tensor] | None = None
+        self._tags: dict[tuple[str, str, str], str] = {}
         self.step = 0
         self._on = False
         self._hist_on = False
@@ -236,7 +237,8 @@ class Collector:
         self._read.update(fresh)
         grads = [_dense(self._params[j].grad) for j in fresh]
         if self._grads is None:
-            self._grads = (fresh, _norms(grads), _norms([p.detach() for p in self._params]))
+            norms = _norms(grads + [p.detach() for p in self._params])  # one fused kernel
+            self._grads = (fresh, norms[: len(grads)], norms[len(grads) :])
             if self.track_updates:
                 self._snapshot = self._copy_watched_params()
         else:
@@ -360,7 +362,11 @@ class Collector:
 
     # ------------------------------------------------------------------ host side
     def _tag(self, group: str, stat: str, i: int) -> str:
-        return tag(group, stat, self.names[i], prefix=self.tag_prefix)
+        key = (group, stat, self.names[i])  # by name: grouped views share the cache
+        cached = self._tags.get(key)
+        if cached is None:
+            cached = self._tags[key] = tag(group, stat, key[2], prefix=self.tag_prefix)
+        return cached
 
     def _health(self, stat: str) -> str:
         return health_tag(stat, prefix=self.tag_prefix)

@@ -47,7 +47,9 @@ class Layout:
 
 
 def _rows(rows: Sequence[Tensor], device: torch.device) -> Tensor:
-    return torch.stack([r.to(device) for r in rows]).to(torch.float64)
+    if any(r.device != device for r in rows):  # a model spread over several devices
+        rows = [r.to(device) for r in rows]
+    return torch.stack(rows).to(torch.float64)
 
 
 def _index(rows: Sequence[tuple[int, ...]], device: torch.device) -> Tensor:
