@@ -24,6 +24,8 @@ Configurations:
                      costs (one extra forward/backward per measured layer, 4 layers).
     ours_every_step  ``LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=0)``: activation
                      and gradient statistics on every step (shift probe off).
+    ours_act_grad    ``ours_every_step`` with ``track_updates=False``: activations and gradients
+                     only, without the parameter snapshot behind ``updates/ratio``.
     ours_shift_hist  ``LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=10,
                      shift_every_n_steps=10)``: scalars every step, histograms and the shift
                      probe every 10 steps.
@@ -101,6 +103,7 @@ CONFIGS = (
     "ours_no_shift",
     "ours_ics",
     "ours_every_step",
+    "ours_act_grad",
     "ours_shift_hist",
 )
 MEMORY_CONFIGS = ("plain", "ours_default", "ours_every_step")
@@ -306,6 +309,15 @@ def config_callbacks(config: str) -> list[pl.Callback]:
         return [LayerDiagnostics(ics_every_n_steps=LOG_EVERY_N_STEPS)]
     if config == "ours_every_step":
         return [LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=0, shift_every_n_steps=0)]
+    if config == "ours_act_grad":
+        return [
+            LayerDiagnostics(
+                every_n_steps=1,
+                histogram_every_n_steps=0,
+                shift_every_n_steps=0,
+                track_updates=False,
+            )
+        ]
     if config == "ours_shift_hist":
         return [
             LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=10, shift_every_n_steps=10)

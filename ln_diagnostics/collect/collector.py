@@ -91,8 +91,9 @@ class Collector:
     Args:
         model: the model whose parameters count toward the model-wide norms.
         modules: ``(qualified name, module)`` pairs to watch, e.g. from ``select_modules``.
-        track_updates: keep a copy of the watched parameters on logging steps to measure
-            ``‖θ_{t+1} − θ_t‖`` (costs one parameter-sized copy on those steps only).
+        track_updates: copy the watched parameters before the update on logging steps to
+            measure ``‖θ_{t+1} − θ_t‖`` (one parameter-sized copy; on the CPU its buffers are
+            kept between logging steps, elsewhere it lives for the logging step only).
         tag_prefix: prepended to every tag (e.g. ``"val/"``).
     """
 
