@@ -253,6 +253,9 @@ class Collector:
                     if j in grad_of:
                         self._grad_hist.append((i, *histogram(grad_of[j], self._edges)))
 
+    def _watched_values(self) -> list[Tensor]:
+        return [self._params[j].detach() for j in self._watched_params]
+
     def _copy_watched_params(self) -> list[Tensor]:
         """The watched parameters' values before the update.
 
@@ -261,7 +264,7 @@ class Collector:
         allocator reuses blocks by itself, and a fresh copy leaves that memory to the
         activations between logging steps.
         """
-        current = [self._params[j].detach() for j in self._watched_params]
+        current = self._watched_values()
         if self._device.type != "cpu":
             return [t.clone() for t in current]
         kept = self._kept_params
@@ -343,8 +346,7 @@ class Collector:
             grad_n = pack_norms(p, present, grad_norms, device)
             param_n = pack_norms(p, range(p), param_norms, device)
             if self._snapshot is not None:
-                current = [self._params[j].detach() for j in self._watched_params]
-                torch._foreach_sub_(self._snapshot, current)  # θ_t − θ_{t+1}, in place
+                torch._foreach_sub_(self._snapshot, self._watched_values())  # θ_t − θ_{t+1}
                 update_n = pack_norms(p, self._watched_params, _norms(self._snapshot), device)
         parts = [
             pack_activations(m, self._act, device),

@@ -202,11 +202,13 @@ class ShiftProbe:
                 self.init[name] = fit
         if not pairs:
             return {}
-        columns = [
-            torch.cat([pair[2 + side][k] for pair in pairs]) for side in (0, 1) for k in (0, 1)
-        ]
-        sizes = [pair[2][0].numel() for pair in pairs]
-        values = segment_shift_metrics(*columns, sizes, eps=self.eps).tolist()
+        fits_now = [pair[2] for pair in pairs]
+        refs = [pair[3] for pair in pairs]
+        mu, var, mu_ref, var_ref = (
+            torch.cat([fit[k] for fit in side]) for side in (fits_now, refs) for k in (0, 1)
+        )
+        sizes = [fit[0].numel() for fit in fits_now]
+        values = segment_shift_metrics(mu, var, mu_ref, var_ref, sizes, eps=self.eps).tolist()
         scalars: dict[str, float] = {}
         totals: dict[str, list[float]] = {}
         for (name, ref_name, _, _), row in zip(pairs, values, strict=True):

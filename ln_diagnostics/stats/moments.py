@@ -53,11 +53,11 @@ class Scratch:
         self._views: dict[tuple[torch.device, int], tuple[Tensor, Tensor, Tensor]] = {}
 
     def vector(self, n: int, device: torch.device) -> Tensor | None:
-        """One float32 vector of length ``n`` (overlapping :meth:`views`), or ``None`` when ``n``
-        exceeds the three buffers together."""
+        """One float32 vector of length ``n`` (it overlaps :meth:`views`), or ``None`` when
+        ``n`` exceeds the three buffers together."""
         if n > 3 * CHUNK:
             return None
-        return self.views(-(-n // 3), device)[0].as_strided((n,), (1,))
+        return self._buffer(n, device)[:n]
 
     def views(self, n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Three disjoint float32 vectors of length ``n`` on ``device``."""
@@ -65,14 +65,19 @@ class Scratch:
         if views is None:
             if len(self._views) >= 64:  # e.g. variable sequence lengths: keep the cache small
                 self._views.clear()
-            buffer = self._buffers.get(device)
-            if buffer is None or buffer.numel() < 3 * n:
-                buffer = torch.empty(3 * n, dtype=torch.float32, device=device)
-                self._buffers[device] = buffer
-                self._views = {key: v for key, v in self._views.items() if key[0] != device}
+            buffer = self._buffer(3 * n, device)
             views = (buffer[:n], buffer[n : 2 * n], buffer[2 * n : 3 * n])
             self._views[(device, n)] = views
         return views
+
+    def _buffer(self, size: int, device: torch.device) -> Tensor:
+        """The device's buffer, grown to at least ``size`` elements (dropping stale views)."""
+        buffer = self._buffers.get(device)
+        if buffer is None or buffer.numel() < size:
+            buffer = torch.empty(size, dtype=torch.float32, device=device)
+            self._buffers[device] = buffer
+            self._views = {key: v for key, v in self._views.items() if key[0] != device}
+        return buffer
 
     def clear(self) -> None:
         """Free the buffers."""

@@ -117,12 +117,38 @@ def merge_moments(
     return n, mean, var
 
 
+def _mean_shift(mu: Tensor, mu_ref: Tensor, var_ref: Tensor, eps: float) -> Tensor:
+    return (mu.float() - mu_ref.float()).abs() / torch.sqrt(var_ref.float() + eps)
+
+
+def _logvar_shift(var: Tensor, var_ref: Tensor, eps: float) -> Tensor:
+    return (torch.log(var.float() + eps) - torch.log(var_ref.float() + eps)).abs()
+
+
+def _symmetric_kl(mu: Tensor, var: Tensor, mu_ref: Tensor, var_ref: Tensor, eps: float) -> Tensor:
+    vp, vq = var.float() + eps, var_ref.float() + eps
+    d2 = (mu.float() - mu_ref.float()).square()
+    return 0.5 * (vp / vq + vq / vp - 2.0) + 0.5 * d2 * (1.0 / vp + 1.0 / vq)
+
+
+def _per_feature(mu: Tensor, var: Tensor, mu_ref: Tensor, var_ref: Tensor, eps: float) -> Tensor:
+    """``(features, 3)``: the three metrics of every feature, in :func:`shift_metrics` order."""
+    return torch.stack(
+        [
+            _mean_shift(mu, mu_ref, var_ref, eps),
+            _logvar_shift(var, var_ref, eps),
+            _symmetric_kl(mu, var, mu_ref, var_ref, eps),
+        ],
+        dim=1,
+    )
+
+
 def mean_shift(
     mu: Tensor, var: Tensor, mu_ref: Tensor, var_ref: Tensor, eps: float = EPS
 ) -> Tensor:
     """Mean over features of ``|μ − μ_ref| / sqrt(σ²_ref + ε)``; ``var`` is unused."""
     del var
-    return ((mu.float() - mu_ref.float()).abs() / torch.sqrt(var_ref.float() + eps)).mean()
+    return _mean_shift(mu, mu_ref, var_ref, eps).mean()
 
 
 def logvar_shift(
@@ -130,7 +156,7 @@ def logvar_shift(
 ) -> Tensor:
     """Mean over features of ``|log((σ² + ε) / (σ²_ref + ε))|``; the means are unused."""
     del mu, mu_ref
-    return (torch.log(var.float() + eps) - torch.log(var_ref.float() + eps)).abs().mean()
+    return _logvar_shift(var, var_ref, eps).mean()
 
 
 def symmetric_kl(
@@ -141,23 +167,14 @@ def symmetric_kl(
     For 1-d Gaussians the log terms cancel:
     ``½·(σ²_p/σ²_q + σ²_q/σ²_p − 2) + ½·(μ_p − μ_q)²·(1/σ²_p + 1/σ²_q)``.
     """
-    vp, vq = var.float() + eps, var_ref.float() + eps
-    d2 = (mu.float() - mu_ref.float()).square()
-    per_feature = 0.5 * (vp / vq + vq / vp - 2.0) + 0.5 * d2 * (1.0 / vp + 1.0 / vq)
-    return per_feature.mean()
+    return _symmetric_kl(mu, var, mu_ref, var_ref, eps).mean()
 
 
 def shift_metrics(
     mu: Tensor, var: Tensor, mu_ref: Tensor, var_ref: Tensor, eps: float = EPS
 ) -> Tensor:
     """``[mean_shift, logvar_shift, symmetric_kl]`` as one float32 tensor of shape ``(3,)``."""
-    return torch.stack(
-        [
-            mean_shift(mu, var, mu_ref, var_ref, eps),
-            logvar_shift(mu, var, mu_ref, var_ref, eps),
-            symmetric_kl(mu, var, mu_ref, var_ref, eps),
-        ]
-    )
+    return _per_feature(mu, var, mu_ref, var_ref, eps).mean(0)
 
 
 def segment_shift_metrics(
@@ -173,19 +190,9 @@ def segment_shift_metrics(
     The inputs are the layers' per-feature fits concatenated; layer ``k`` owns the next
     ``sizes[k]`` features. One pass of a dozen vector operations replaces a dozen per layer.
     """
-    mu, var, mu_ref, var_ref = (t.float() for t in (mu, var, mu_ref, var_ref))
-    vp, vq = var + eps, var_ref + eps
-    d2 = (mu - mu_ref).square()
-    per_feature = torch.stack(
-        [
-            d2.sqrt() / vq.sqrt(),
-            (torch.log(vp) - torch.log(vq)).abs(),
-            0.5 * (vp / vq + vq / vp - 2.0) + 0.5 * d2 * (1.0 / vp + 1.0 / vq),
-        ],
-        dim=1,
-    )
-    counts = torch.tensor(list(sizes), dtype=torch.long, device=mu.device)
-    segment = torch.repeat_interleave(torch.arange(len(counts), device=mu.device), counts)
-    totals = torch.zeros(len(counts), 3, dtype=per_feature.dtype, device=mu.device)
+    per_feature = _per_feature(mu, var, mu_ref, var_ref, eps)
+    counts = torch.tensor(list(sizes), dtype=torch.long, device=per_feature.device)
+    segment = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    totals = torch.zeros(len(counts), 3, dtype=per_feature.dtype, device=per_feature.device)
     totals.index_add_(0, segment, per_feature)
     return totals / counts[:, None]
