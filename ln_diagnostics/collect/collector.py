@@ -1,11 +1,15 @@
 """The framework-agnostic collector: owns the hooks, keeps step state on the device, and turns a
 logging step into a :class:`StepReport` with one packed device-to-host copy.
 
-A step's life: ``begin_step`` decides whether the step logs; forward hooks (and tensor hooks on
-the outputs, for the backward pass) append small device tensors only on logging steps;
+A step's life: ``begin_step`` decides whether the step logs and registers the forward hooks for a
+logging step only; the hooks (and tensor hooks on the outputs, for the backward pass) append small
+device tensors;
 ``before_optimizer_step`` reads gradient and parameter norms and keeps a copy of the parameters;
 ``end_step`` measures the update, packs everything into one float64 vector, copies it to the host
-once and reduces it there. On other steps every hook returns at its first line.
+once and reduces it there, and removes the forward hooks again. Other steps run without our hooks:
+a module with a hook takes PyTorch's slower call path. Where ``torch.compile`` is in play the hooks
+stay registered from ``attach`` to ``detach`` (a compiled graph keeps calling the hooks it was
+traced with and ignores hooks registered later) and return at their first line on other steps.
 
 Example:
     >>> import torch
@@ -25,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -81,6 +86,22 @@ def _norms(tensors: list[Tensor]) -> list[Tensor]:
     return out
 
 
+def _compile_count() -> int:
+    """Graphs Dynamo has compiled in this process (0 when ``torch.compile`` was never used)."""
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    return 0 if dynamo is None else dynamo.counters["stats"]["unique_graphs"]
+
+
+def _has_compiled_parts(model: nn.Module) -> bool:
+    """True when ``model`` or one of its submodules was compiled by ``torch.compile``."""
+    if getattr(model, "_compiler_ctx", None):  # Lightning's unwrapped compiled module
+        return True
+    return any(
+        hasattr(m, "_orig_mod") or getattr(m, "_compiled_call_impl", None) is not None
+        for m in model.modules()
+    )
+
+
 def _dense(t: Tensor) -> Tensor:
     return t.coalesce().values() if t.is_sparse else t
 
@@ -121,7 +142,11 @@ class Collector:
         self._device = self._params[0].device if self._params else torch.device("cpu")
         # DTensor parameters (FSDP2) hold a shard per rank: their norms add up in squares
         self._sharded = any(type(p).__name__ == "DTensor" for p in self._params)
+        self._hooks = [partial(self._forward_hook, i) for i in range(len(self.modules))]
         self._handles: list[RemovableHandle] = []
+        self._armed = False
+        self._persistent = False
+        self._compiles = 0
         self._disabled: set[int] = set()
         self._edges: Tensor | None = None
         self._limits: list[float] = []
@@ -138,21 +163,35 @@ class Collector:
     # ------------------------------------------------------------------ lifecycle
     @property
     def attached(self) -> bool:
-        """True while our hooks are registered on the model."""
-        return bool(self._handles)
+        """True between ``attach`` and ``detach``."""
+        return self._armed
 
     def attach(self) -> None:
-        """Register one forward hook per watched module (idempotent)."""
-        if self._handles:
+        """Start watching: one forward hook per watched module on logging steps (idempotent)."""
+        if self._armed:
             return
-        for i, module in enumerate(self.modules):
-            self._handles.append(module.register_forward_hook(partial(self._forward_hook, i)))
+        self._armed = True
+        self._compiles = _compile_count()
+        self._persistent = _has_compiled_parts(self.model)
+        if self._persistent:
+            self._register()
+
+    def _register(self) -> None:
+        if not self._handles:  # the same hook objects every time: compiled graphs keep theirs
+            self._handles = [
+                module.register_forward_hook(hook)
+                for module, hook in zip(self.modules, self._hooks, strict=True)
+            ]
+
+    def _unregister(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def detach(self) -> None:
         """Remove every hook and drop the step state; safe to call more than once."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._armed = self._persistent = False
+        self._unregister()
         self.scratch.clear()
         self._kept_params = None
         self._on = self._hist_on = False
@@ -198,6 +237,12 @@ class Collector:
         self.step = step
         self._on = scalars or histograms
         self._hist_on = histograms
+        if self._armed and not self._persistent and _compile_count() != self._compiles:
+            self._persistent = True  # compiled since attach, perhaps by a wrapper outside
+        if self._armed and (self._on or self._persistent):
+            self._register()
+        elif not self._persistent:
+            self._unregister()
         if histograms and self._edges is None:
             edges = bucket_edges(torch.device("cpu"))
             self._limits = [*edges.tolist(), float(torch.finfo(torch.float64).max)]
@@ -275,6 +320,8 @@ class Collector:
 
     def end_step(self) -> StepReport | None:
         """Finish the step; on a logging step return its report (one device-to-host copy)."""
+        if not self._persistent:
+            self._unregister()
         if not self._on:
             self._reset_step_state()
             return None

@@ -207,6 +207,24 @@ def test_hooks_are_removed_and_model_pickles_after_detach():
     pickle.loads(pickle.dumps(model))
 
 
+def test_forward_hooks_are_registered_for_logging_steps_only():
+    model = mlp()
+    seen = []  # hooks on the model at each forward, read by a pre-hook of the first layer
+    model[0].register_forward_pre_hook(lambda module, args: seen.append(hooks_on(model)))
+    logged = []
+    with attach(model, every_n_steps=3) as diag:
+        for _ in range(7):
+            model(torch.randn(4, 8)).pow(2).mean().backward()
+            diag.before_optimizer_step()
+            report = diag.step()
+            if report is not None:
+                logged.append(len([t for t in report.scalars if "activations/std/" in t]))
+    n = len(diag.collector.modules)
+    assert seen == [n, 0, 0, n, 0, 0, n]
+    assert logged == [n, n, n]
+    assert hooks_on(model) == 0
+
+
 class SyncCounter:
     """Counts host-sync entry points called from ln_diagnostics code."""
 

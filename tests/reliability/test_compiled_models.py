@@ -6,7 +6,9 @@ import torch
 from pytorch_lightning import LightningModule, seed_everything
 from torch import nn
 
+from ln_diagnostics import attach
 from ln_diagnostics.callbacks import LayerDiagnostics
+from ln_diagnostics.collect.collector import Collector, select_modules
 
 QUIET = {"histogram_every_n_steps": 0, "shift_every_n_steps": 0}
 
@@ -129,3 +131,46 @@ def test_hooks_on_a_deep_compiled_model_stay_within_the_recompile_limit(
     assert len([t for t in diag.last_logged.scalars if t.startswith("activations/std/")]) == 25
     assert not [k for k in counters["unimplemented"] if "recompile limit" in k.lower()]
     assert counters["stats"]["unique_graphs"] <= 6
+
+
+def test_a_model_compiled_after_attach_keeps_its_hooks_through_recompiles():
+    """``attach()`` sees the eager model only. Once Dynamo has compiled a graph the forward hooks
+    stay registered between logging steps: a graph traced without them (here recompiled for a new
+    batch size on a non-logging step) would never call them on later logging steps."""
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = make_net()
+    diag = attach(model, every_n_steps=2)
+    compiled = torch.compile(model, backend="aot_eager")
+    logged = {}
+    for batch in (8, 5, 5, 5, 5):
+        compiled(torch.randn(batch, 16)).pow(2).mean().backward()
+        diag.before_optimizer_step()
+        report = diag.step()
+        if report is not None:
+            logged[report.step] = sorted(t for t in report.scalars if "activations/std/" in t)
+    diag.detach()
+    layers = [f"activations/std/{i}" for i in range(3)]
+    assert logged == {0: layers, 2: layers, 4: layers}
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+
+
+def test_a_compiled_part_keeps_the_hooks_registered_when_the_first_step_does_not_log():
+    """A run resumed at a non-logging step compiles its first graph there: the hooks must
+    already be registered, or the graph never calls them on the logging steps after it."""
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = nn.Sequential(torch.compile(make_net(), backend="aot_eager"))
+    collector = Collector(model, select_modules(model))
+    collector.attach()
+    rows = []
+    for step in (7, 8, 9, 10):
+        collector.begin_step(step, scalars=step % 2 == 0, histograms=False)
+        model(torch.randn(8, 16)).pow(2).mean().backward()
+        collector.before_optimizer_step()
+        report = collector.end_step()
+        if report is not None:
+            rows.append(len([t for t in report.scalars if "activations/std/" in t]))
+    collector.detach()
+    assert rows == [3, 3]
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
