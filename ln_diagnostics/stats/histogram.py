@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ln_diagnostics.stats.moments import CHUNK, Scratch
+
 _DECADES = 8
 _PER_DECADE = 10
 
@@ -28,15 +30,32 @@ def bucket_edges(device: torch.device) -> Tensor:
     return edges.float().to(device)
 
 
-def histogram(x: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:
+def histogram(x: Tensor, edges: Tensor, *, scratch: Scratch | None = None) -> tuple[Tensor, Tensor]:
     """Return ``(floats, counts)``: ``[min, max, sum, sum of squares]`` and per-bucket counts.
 
     Bucket ``i`` holds values in ``(edges[i-1], edges[i]]``; the last bucket holds everything above
-    ``edges[-1]``. ``len(counts) == len(edges) + 1``.
+    ``edges[-1]``. ``len(counts) == len(edges) + 1``. The bucket indices (int32) and the float32
+    copy of other dtypes go into ``scratch``'s buffers, :data:`CHUNK` elements at a time: fresh
+    temporaries of the tensor's size would grow a CPU process's heap on every logging step.
     """
     with torch.no_grad():
-        flat = x.detach().reshape(-1).float()
-        index = torch.bucketize(flat, edges)
-        counts = torch.bincount(index, minlength=edges.numel() + 1)
-        floats = torch.stack([*torch.aminmax(flat), flat.sum(), (flat * flat).sum()])
+        flat = x.detach().reshape(-1)
+        n = flat.numel()
+        index, _, converted = (scratch or Scratch()).views(min(n, CHUNK), flat.device)
+        index = index.view(torch.int32)
+        counts: Tensor | None = None
+        parts = []
+        for start in range(0, n, CHUNK):
+            part = flat[start : start + CHUNK]
+            m = part.numel()
+            if part.dtype != torch.float32:
+                part = converted[:m].copy_(part)
+            torch.bucketize(part, edges, out_int32=True, out=index[:m])
+            chunk = torch.bincount(index[:m], minlength=edges.numel() + 1)
+            counts = chunk if counts is None else counts.add_(chunk)
+            parts.append(torch.stack([*torch.aminmax(part), part.sum(), torch.dot(part, part)]))
+        if len(parts) == 1:
+            return parts[0], counts
+        rows = torch.stack(parts)
+        floats = torch.stack([rows[:, 0].amin(), rows[:, 1].amax(), *rows[:, 2:].sum(0)])
         return floats, counts

@@ -49,6 +49,7 @@ from ln_diagnostics.tensorboard.summary_text import (
     hparams_summaries,
     run_summary_markdown,
 )
+from ln_diagnostics.tensorboard.writer import image_summary
 
 __all__ = ["HPARAMS_METRICS", "Dashboard"]
 
@@ -174,9 +175,8 @@ class Dashboard:
                 continue
             matrix, rows, steps = data
             image = render_heatmap(matrix, row_labels=rows, steps=steps, title=title)
-            self.writer.add_image(
-                heatmap_tag(name, prefix=self.prefix), image, step, dataformats="HWC"
-            )
+            summary = image_summary(heatmap_tag(name, prefix=self.prefix), image)
+            self.writer._get_file_writer().add_summary(summary, step)
 
     # ------------------------------------------------------------------ once per run
     def write_summary(

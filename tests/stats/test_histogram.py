@@ -32,3 +32,28 @@ def test_edges_are_symmetric_increasing_and_include_zero():
     assert torch.allclose(e, -e.flip(0))
     assert (e == 0).sum() == 1
     assert e[-1] == pytest.approx(1e8, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_chunked_histogram_with_reused_scratch_matches_numpy(monkeypatch, dtype):
+    """Longer than CHUNK: counted chunk by chunk into the scratch's buffers, which are reused
+    (and left dirty) from one call to the next without changing the result."""
+    from ln_diagnostics.stats import histogram as module
+    from ln_diagnostics.stats.moments import Scratch
+
+    monkeypatch.setattr(module, "CHUNK", 300)  # 6 full chunks and a short one
+    gen = np.random.default_rng(2)
+    scratch = Scratch()
+    edges = bucket_edges(torch.device("cpu"))
+    e = edges.numpy().astype(np.float64)
+    for size in (1937, 250, 1937):
+        x = torch.tensor(gen.standard_normal(size) * 5.0).to(dtype)
+        floats, counts = histogram(x, edges, scratch=scratch)
+        ref = x.double().numpy()
+        cumulative = np.array([(ref.astype(np.float32) <= edge).sum() for edge in e])
+        want = np.diff(np.concatenate([[0], cumulative, [size]]))
+        np.testing.assert_array_equal(counts.numpy(), want)
+        lo, hi, total, squares = floats.tolist()
+        assert (lo, hi) == (np.float32(ref.min()), np.float32(ref.max()))
+        assert total == pytest.approx(ref.sum(), rel=1e-5, abs=1e-3)
+        assert squares == pytest.approx((ref**2).sum(), rel=1e-5)

@@ -128,3 +128,21 @@ def test_truncate_left_keeps_the_distinguishing_end():
 def test_bad_shapes_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         render_heatmap(**kwargs)
+
+
+def test_image_summary_is_a_lossless_png_of_the_array():
+    import io
+
+    from PIL import Image
+
+    from ln_diagnostics.tensorboard.writer import image_summary
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(7, 11, 3), dtype=np.uint8)
+    value = image_summary("heatmaps/x", image).value[0]
+    assert value.tag == "heatmaps/x"
+    assert (value.image.height, value.image.width, value.image.colorspace) == (7, 11, 3)
+    decoded = np.asarray(Image.open(io.BytesIO(value.image.encoded_image_string)))
+    assert decoded.dtype == np.uint8 and np.array_equal(decoded, image)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        image_summary("heatmaps/x", image.astype(np.float32))
