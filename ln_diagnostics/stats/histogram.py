@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -30,6 +32,19 @@ def bucket_edges(device: torch.device) -> Tensor:
     return edges.float().to(device)
 
 
+def bucket_counts(index: Tensor, bins: int, *, sync_free: bool) -> Tensor:
+    """How often each of ``0 .. bins-1`` occurs in ``index`` (int64 counts).
+
+    ``torch.bincount`` is the faster kernel on the CPU, but on CUDA it reads the index's extremes
+    back to the host to size its output, a synchronisation per call; ``sync_free`` adds ones
+    into a fixed-size vector with ``index_add_`` instead.
+    """
+    if not sync_free:
+        return torch.bincount(index, minlength=bins)
+    ones = torch.ones((), dtype=torch.int64, device=index.device).expand(index.numel())
+    return torch.zeros(bins, dtype=torch.int64, device=index.device).index_add_(0, index, ones)
+
+
 def histogram(x: Tensor, edges: Tensor, *, scratch: Scratch | None = None) -> tuple[Tensor, Tensor]:
     """Return ``(floats, counts)``: ``[min, max, sum, sum of squares]`` and per-bucket counts.
 
@@ -41,6 +56,10 @@ def histogram(x: Tensor, edges: Tensor, *, scratch: Scratch | None = None) -> tu
     with torch.no_grad():
         flat = x.detach().reshape(-1)
         n = flat.numel()
+        bins = edges.numel() + 1
+        if n == 0:  # e.g. a zero-size parameter: no values, no counts
+            empty = torch.tensor([math.inf, -math.inf, 0.0, 0.0], device=flat.device)
+            return empty, torch.zeros(bins, dtype=torch.int64, device=flat.device)
         index, _, converted = (scratch or Scratch()).views(min(n, CHUNK), flat.device)
         index = index.view(torch.int32)
         counts: Tensor | None = None
@@ -51,7 +70,7 @@ def histogram(x: Tensor, edges: Tensor, *, scratch: Scratch | None = None) -> tu
             if part.dtype != torch.float32:
                 part = converted[:m].copy_(part)
             torch.bucketize(part, edges, out_int32=True, out=index[:m])
-            chunk = torch.bincount(index[:m], minlength=edges.numel() + 1)
+            chunk = bucket_counts(index[:m], bins, sync_free=flat.device.type != "cpu")
             counts = chunk if counts is None else counts.add_(chunk)
             parts.append(torch.stack([*torch.aminmax(part), part.sum(), torch.dot(part, part)]))
         if len(parts) == 1:

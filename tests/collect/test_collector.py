@@ -225,6 +225,34 @@ def test_forward_hooks_are_registered_for_logging_steps_only():
     assert hooks_on(model) == 0
 
 
+class WithEmptyParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4))
+        self.empty = nn.Parameter(torch.zeros(0))
+
+    def forward(self, x):
+        return x @ self.w + self.empty.sum()
+
+
+def test_a_zero_size_parameter_does_not_break_a_histogram_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(WithEmptyParameter(), nn.Tanh(), nn.Linear(4, 1))
+    collector = Collector(model, select_modules(model))
+    collector.attach()
+    x = torch.randn(8, 4)
+    out = (x @ model[0].w.detach()).double()  # the first layer's output, before the update
+    report = run_step(collector, model, x, hist=True)
+    collector.detach()
+    act, grad = report.histograms["activations/hist/0"], report.histograms["gradients/hist/0"]
+    assert (act.num, grad.num) == (32, 16)  # the empty parameter adds no value
+    assert act.sum == pytest.approx(out.sum().item(), rel=1e-5, abs=1e-6)
+    assert grad.sum == pytest.approx(model[0].w.grad.double().sum().item(), rel=1e-5, abs=1e-6)
+    assert report.scalars["gradients/norm/0"] == pytest.approx(
+        model[0].w.grad.double().norm().item(), rel=1e-5
+    )
+
+
 class SyncCounter:
     """Counts host-sync entry points called from ln_diagnostics code."""
 

@@ -57,3 +57,25 @@ def test_chunked_histogram_with_reused_scratch_matches_numpy(monkeypatch, dtype)
         assert (lo, hi) == (np.float32(ref.min()), np.float32(ref.max()))
         assert total == pytest.approx(ref.sum(), rel=1e-5, abs=1e-3)
         assert squares == pytest.approx((ref**2).sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_bucket_counts_of_both_kernels_match_numpy(sync_free):
+    """``bincount`` (CPU) and the ``index_add_`` path used on CUDA count the same, the last bucket
+    (NaN and values above the top edge) and empty buckets included."""
+    from ln_diagnostics.stats.histogram import bucket_counts
+
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, 0.0, 3.0, -1e-9, 1e30])
+    edges = bucket_edges(torch.device("cpu"))
+    index = torch.bucketize(x, edges, out_int32=True)
+    counts = bucket_counts(index, edges.numel() + 1, sync_free=sync_free)
+    want = np.bincount(index.numpy(), minlength=edges.numel() + 1)
+    assert counts.dtype == torch.int64
+    np.testing.assert_array_equal(counts.numpy(), want)
+    assert counts[-1] == 3 and counts[0] == 1
+
+
+def test_an_empty_tensor_has_no_counts_and_neutral_extremes():
+    floats, counts = histogram(torch.empty(0, 3), bucket_edges(torch.device("cpu")))
+    assert floats.tolist() == [float("inf"), -float("inf"), 0.0, 0.0]
+    assert counts.sum() == 0 and counts.numel() == bucket_edges(torch.device("cpu")).numel() + 1
