@@ -104,13 +104,14 @@ def power_sums(
         scratch: work buffers to reuse across calls (fresh ones when ``None``).
 
     Returns:
-        A 1-d tensor on ``x``'s device. Non-finite values propagate into the sums, the extremes
-        and the zero and saturation counts (a NaN makes them NaN) and are counted exactly in
-        ``nonfinite``.
+        A 1-d tensor on ``x``'s device. Non-finite values propagate into the sums and the
+        extremes and are counted exactly in ``nonfinite``; the other counts stay exact: NaN and
+        ±inf count as non-zero, ±inf as saturated and NaN as not saturated.
 
-    Every step is a vectorised float kernel: comparisons, boolean masks and ``count_nonzero``
-    are several times slower on the CPU, so counts are dot products of ``sign`` values and
-    non-finite values are found as the NaNs of ``x * 0``.
+    Every step writes float32 values: boolean masks and ``count_nonzero`` are several times
+    slower on the CPU, so the zero count sums ``x != 0`` written into a float buffer, the
+    saturation count sums ``relu(sign(|y| - T))`` and non-finite values are found as the NaNs
+    of ``x * 0``.
     """
     flat = x.detach().reshape(-1)
     if shift is not None:
@@ -149,8 +150,8 @@ def _chunk_sums(
     # dot products reduce without materialising d³, d⁴ or sign²
     sums = [d.sum(), scratch.sum(), torch.dot(scratch, d), torch.dot(scratch, scratch)]
     sums += torch.aminmax(part)
-    torch.sign(part, out=d)
-    sums.append(torch.dot(d, d))
+    torch.ne(part, 0.0, out=d)  # 1.0 where x != 0, NaN included (``sign(NaN)`` is 0)
+    sums.append(d.sum())
     if saturation is None:
         sums.append(torch.zeros_like(k))
     else:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ln_diagnostics.stats.moments import Moments, finalize, power_sums
+from ln_diagnostics.stats.moments import FIELDS, Moments, finalize, power_sums
 
 
 def reference(x: np.ndarray, saturation: str | None = None) -> dict[str, float]:
@@ -85,6 +85,17 @@ def test_nonfinite_values_are_counted_and_propagate():
     assert math.isnan(got["mean"])
     # huge but finite values are not counted as non-finite
     assert stats_of(torch.tensor([3.4e38, -3.4e38, 1.0]))["nonfinite"] == 0
+
+
+def test_nan_and_inf_are_neither_zeros_nor_hidden_in_the_other_counts():
+    """A layer gone NaN must not look dead: zero_frac counts exact zeros only."""
+    x = torch.tensor([float("nan"), float("nan"), float("inf"), -float("inf"), 0.0, 0.99, -0.2])
+    row = dict(zip(FIELDS, power_sums(x, saturation="tanh").tolist(), strict=True))
+    assert row["nonzero"] == 6  # numpy: (x != 0).sum()
+    assert row["saturated"] == 3  # ±inf and 0.99; NaN is not above the threshold
+    assert row["nonfinite"] == 4
+    got = stats_of(torch.full((64,), float("nan")))
+    assert got["zero_frac"] == 0.0 and got["nonfinite"] == 64
 
 
 def test_constant_tensor_has_zero_std_and_no_kurtosis():
