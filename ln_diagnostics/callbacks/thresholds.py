@@ -19,6 +19,7 @@ So the callback never fails a run that ``ln-diagnostics check`` would pass on th
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import warnings
@@ -90,7 +91,9 @@ class DiagnosticThresholds(pl.Callback):
                 self._source = os.fspath(rules)
             else:
                 self.rules = parse_rules(rules, source="DiagnosticThresholds(rules=...)")
-                self._source = f"{len(self.rules)} rules"
+                # by content: two callbacks with different inline rules need distinct state keys
+                digest = hashlib.sha1("\n".join(r.key for r in self.rules).encode()).hexdigest()
+                self._source = f"{len(self.rules)} rules {digest[:12]}"
         except RuleError as error:
             raise RuleError(f"DiagnosticThresholds: {error}") from None
         self.on_violation: OnViolation = on_violation

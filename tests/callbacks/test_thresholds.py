@@ -179,6 +179,17 @@ def test_state_dict_round_trip_and_missing_keys():
         thresholds._poll(trainer)
 
 
+def test_two_callbacks_with_different_inline_rules_can_share_a_trainer():
+    """Lightning refuses two stateful callbacks with one state key; inline rules are keyed by
+    their content, so the same rules give the same key (a resume finds its state)."""
+    a = DiagnosticThresholds([{"tag": "health/*", "max": 1.0}])
+    b = DiagnosticThresholds([{"tag": "gradients/*", "min": 0.0}], on_violation="warn")
+    assert a.state_key != b.state_key
+    assert a.state_key == DiagnosticThresholds([{"tag": "health/*", "max": 1.0}]).state_key
+    trainer = Trainer(logger=False, callbacks=[a, b], enable_progress_bar=False)
+    assert a in trainer.callbacks and b in trainer.callbacks
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "message"),
     [
