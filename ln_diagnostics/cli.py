@@ -153,8 +153,8 @@ def _check_json(
                 "tag": r.tag,
                 "value": _json_number(r.value),
                 "step": r.step,
-                "min": r.rule.min,
-                "max": r.rule.max,
+                "min": None if r.rule.min is None else _json_number(r.rule.min),
+                "max": None if r.rule.max is None else _json_number(r.rule.max),
                 "bound": r.bound,
                 "points": r.points,
                 "passed": r.passed,
@@ -212,10 +212,15 @@ def _check_junit(
 # ----------------------------------------------------------------------------- compare
 
 
+def _latest(points: Sequence[tuple[int, float]]) -> tuple[int, float]:
+    """The point of the highest step; of several at that step, the one written last."""
+    return max(enumerate(points), key=lambda item: (item[1][0], item[0]))[1]
+
+
 def _reduce(points: Sequence[tuple[int, float]], over: str) -> float:
     if over == "mean":
         return sum(value for _, value in points) / len(points)
-    return max(enumerate(points), key=lambda item: (item[1][0], item[0]))[1][1]
+    return _latest(points)[1]
 
 
 def _differs(base: float, cand: float, rtol: float, atol: float) -> bool:
@@ -359,7 +364,7 @@ def _summary(args: argparse.Namespace) -> int:
         for tag, points in scalars.items():
             if not points:
                 continue
-            step, value = max(enumerate(points), key=lambda item: (item[1][0], item[0]))[1]
+            step, value = _latest(points)
             parsed = parse_tag(tag)
             if parsed is None:
                 other.append([tag, _fmt(value), str(step)])

@@ -118,6 +118,17 @@ def test_check_nan_fails_and_is_reported(tmp_path, thresholds, capsys):
     assert (failed["value"], failed["step"]) == ("nan", 2)
 
 
+def test_check_json_reports_infinite_bounds_as_strings(tmp_path):
+    """TOML allows ``inf``; JSON does not: the bound is written as a string, not a crash."""
+    logdir = _write(tmp_path / "logs", _run_scalars())
+    file = tmp_path / "t.toml"
+    file.write_text('[[rule]]\ntag = "gradients/norm/*"\nmin = -inf\nmax = 10.0\n')
+    report = tmp_path / "r.json"
+    assert _check(logdir, file, "--json", str(report)) == 0
+    results = json.loads(report.read_text())["results"]
+    assert {(r["min"], r["max"]) for r in results} == {("-inf", 10.0)}
+
+
 def test_check_optional_rule_is_skipped(tmp_path, capsys):
     logdir = _write(tmp_path / "logs", _run_scalars())
     file = tmp_path / "t.toml"
