@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ln_diagnostics._validate import check_int
 from ln_diagnostics.collect.records import StepReport
 from ln_diagnostics.tags import (
     ACTIVATIONS,
@@ -95,18 +96,11 @@ class Dashboard:
         max_steps: int = 200,
         prefix: str = "",
     ) -> None:
-        if isinstance(heatmap_every_n_steps, bool) or not isinstance(heatmap_every_n_steps, int):
-            raise ValueError(
-                f"heatmap_every_n_steps must be an integer >= 0; got {heatmap_every_n_steps!r}"
-            )
-        if heatmap_every_n_steps < 0:
-            raise ValueError(
-                f"heatmap_every_n_steps must be an integer >= 0; got {heatmap_every_n_steps!r}"
-            )
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"max_steps must be an integer >= 1; got {max_steps!r}")
+        self.heatmap_every_n_steps = check_int(
+            "heatmap_every_n_steps", heatmap_every_n_steps, minimum=0
+        )
+        check_int("max_steps", max_steps, minimum=1)
         self.writer = writer
-        self.heatmap_every_n_steps = heatmap_every_n_steps
         self.prefix = prefix
         self.layout_stats: set[tuple[str, str]] = set()
         self._layout_size = 0
@@ -143,6 +137,8 @@ class Dashboard:
                 name, layer = route
                 cells[name][layer] = _cell(name, number)
                 self._rows[name].setdefault(layer, None)
+        if not any(cells.values()):  # e.g. a shift-probe-only report: no column of grey cells
+            return
         self._history.append((report.step, cells))
         every = self.heatmap_every_n_steps
         if every and report.step % every == 0:

@@ -85,6 +85,17 @@ def test_dashboard_heatmap_matrix_keeps_forward_order_and_last_steps():
     assert all(math.isnan(v) for v in matrix[1])  # a zero norm has no logarithm
 
 
+def test_reports_without_heatmap_values_add_no_column():
+    """Probe reports (shift, ICS) can come on steps that log no layer statistics."""
+    with SummaryWriter(tempfile.mkdtemp()) as writer:
+        board = Dashboard(writer, heatmap_every_n_steps=0)
+        board.update(StepReport(0, {"activations/std/a": 1.0}, {}))
+        board.update(StepReport(10, {"shift/mean_init/a": 0.5, "health/shift_mean_init": 0.5}, {}))
+        board.update(StepReport(50, {"activations/std/a": 2.0}, {}))
+        matrix, rows, steps = board.heatmap("activation_std")
+    assert (rows, steps, matrix.tolist()) == (["a"], [0, 50], [[1.0, 2.0]])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
