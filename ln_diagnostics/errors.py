@@ -10,7 +10,7 @@ class ThresholdViolation(RuntimeError):
         rule: the rule's name (or its tag pattern when unnamed).
         tag: the scalar tag that violated the rule.
         value: the offending value.
-        bound: a human-readable bound, e.g. ``"max 10.0"``.
+        bound: a human-readable bound, e.g. ``"max 10"`` or ``"max 10, over mean"``.
         step: the global step at which the value was logged.
     """
 

@@ -7,8 +7,8 @@ non-finite value) are drawn in :data:`NAN_COLOR`. The picture carries its own ti
 step axis and a colour bar, drawn with a built-in 5×7 bitmap font, so TensorBoard's image
 dashboard shows it as is.
 
-Everything here is a pure function from numbers to a ``uint8`` array of shape ``(H, W, 3)``; pass
-it to ``SummaryWriter.add_image(tag, image, step, dataformats="HWC")``.
+Everything here is a pure function from numbers to a ``uint8`` array of shape ``(H, W, 3)``; write
+it with :func:`ln_diagnostics.tensorboard.writer.image_summary`.
 
 Example:
     >>> image = render_heatmap(

@@ -245,8 +245,8 @@ def describe_unmatched(
 ) -> str:
     """Why a rule matched nothing, with the closest tags, as one line.
 
-    ``last_step`` overrides the last logged step quoted when tags matched but all their points
-    precede ``after_step`` (by default it is read from the series).
+    When tags matched but all their points precede ``after_step``, the message quotes the last
+    logged step of their points, or ``last_step`` when the series hold no points.
 
     Example:
         >>> describe_unmatched(Rule(tag="gradients/nrom/*", max=1.0), {"gradients/norm/fc": []})
