@@ -116,7 +116,10 @@ def candidate_names(model: nn.Module, limit: int = 8) -> list[str]:
 def saturation_kind(module: nn.Module) -> Saturation | None:
     """``"tanh"`` or ``"sigmoid"`` for bounded activations whose saturation is meaningful."""
     if isinstance(module, _TANH_LIKE):
-        return "tanh"
+        # Hardtanh's subclass ReLU6 and other Hardtanh ranges are not saturating in (-1, 1)
+        if not isinstance(module, nn.Hardtanh) or (module.min_val, module.max_val) == (-1, 1):
+            return "tanh"
+        return None
     if isinstance(module, _SIGMOID_LIKE):
         return "sigmoid"
     return None

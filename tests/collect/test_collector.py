@@ -56,6 +56,20 @@ def test_default_selection_picks_leaves_with_parameters_norms_and_activations():
     assert [n for n, _ in select_modules(model, types=(nn.Dropout,))] == ["3"]
 
 
+def test_saturation_is_measured_for_activations_bounded_in_minus_one_one_only():
+    from ln_diagnostics.collect.selection import saturation_kind
+
+    kinds = [
+        saturation_kind(m)
+        for m in (nn.Tanh(), nn.Hardtanh(), nn.Softsign(), nn.Sigmoid(), nn.Hardsigmoid())
+    ]
+    assert kinds == ["tanh", "tanh", "tanh", "sigmoid", "sigmoid"]
+    # ReLU6 is a Hardtanh(0, 6): |y| > 0.97 would count most of its positive outputs
+    assert saturation_kind(nn.ReLU6()) is None
+    assert saturation_kind(nn.Hardtanh(-2.0, 2.0)) is None
+    assert saturation_kind(nn.ReLU()) is None
+
+
 def test_activation_statistics_are_those_of_the_logging_step_batch():
     torch.manual_seed(0)
     model = mlp()
