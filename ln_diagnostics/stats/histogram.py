@@ -62,6 +62,7 @@ def histogram(x: Tensor, edges: Tensor, *, scratch: Scratch | None = None) -> tu
             return empty, torch.zeros(bins, dtype=torch.int64, device=flat.device)
         index, _, converted = (scratch or Scratch()).views(min(n, CHUNK), flat.device)
         index = index.view(torch.int32)
+        edges_here = edges.to(flat.device)  # a layer on another device than the parameters
         counts: Tensor | None = None
         parts = []
         for start in range(0, n, CHUNK):
@@ -69,7 +70,7 @@ def histogram(x: Tensor, edges: Tensor, *, scratch: Scratch | None = None) -> tu
             m = part.numel()
             if part.dtype != torch.float32:
                 part = converted[:m].copy_(part)
-            torch.bucketize(part, edges, out_int32=True, out=index[:m])
+            torch.bucketize(part, edges_here, out_int32=True, out=index[:m])
             chunk = bucket_counts(index[:m], bins, sync_free=flat.device.type != "cpu")
             counts = chunk if counts is None else counts.add_(chunk)
             parts.append(torch.stack([*torch.aminmax(part), part.sum(), torch.dot(part, part)]))

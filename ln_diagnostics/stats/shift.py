@@ -192,7 +192,9 @@ def segment_shift_metrics(
     """
     per_feature = _per_feature(mu, var, mu_ref, var_ref, eps)
     counts = torch.tensor(list(sizes), dtype=torch.long, device=per_feature.device)
-    segment = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    segment = torch.repeat_interleave(
+        torch.arange(len(counts), device=counts.device), counts, output_size=sum(sizes)
+    )  # output_size: no host sync to size the result
     totals = torch.zeros(len(counts), 3, dtype=per_feature.dtype, device=per_feature.device)
     totals.index_add_(0, segment, per_feature)
     return totals / counts[:, None]
