@@ -62,7 +62,8 @@ class ProbeOptions:
         ics_loss: LossFn | None = None,
     ) -> ProbeOptions:
         """Validate user input; errors name the argument, the expectation and the value."""
-        if ics_layers is not None and not check_globs("ics_layers", ics_layers):
+        layers = None if ics_layers is None else check_globs("ics_layers", ics_layers)
+        if layers == ():
             raise ValueError(
                 "ics_layers must be None or a non-empty list of module-name globs; "
                 f"got {ics_layers!r}"
@@ -76,7 +77,7 @@ class ProbeOptions:
             probe_forward=_check_callable(
                 "probe_forward", probe_forward, "(module, batch) -> output"
             ),
-            ics_layers=None if ics_layers is None else check_globs("ics_layers", ics_layers),
+            ics_layers=layers,
             ics_loss=_check_callable("ics_loss", ics_loss, "(module, batch) -> scalar loss tensor"),
         )
 
@@ -139,7 +140,6 @@ class Probes:
         self._needs_transfer = False
         self._loaded: dict[str, Any] | None = None
         self._pending: dict[str, float] = {}
-        self._probed: int | None = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self, trainer: Any, pl_module: Any, collector: Collector, every: int) -> None:
@@ -147,7 +147,7 @@ class Probes:
         opts = self.options
         self._shift_every = every if opts.shift_every_n_steps is None else opts.shift_every_n_steps
         self._ics_every = opts.ics_every_n_steps
-        self._pending, self._probed = {}, None
+        self._pending = {}
         self.shift = self.ics = None
         if self._shift_every:
             self.shift = ShiftProbe.from_collector(
@@ -211,10 +211,8 @@ class Probes:
     def batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, step: int
     ) -> None:
-        """First micro-batch of optimizer step ``step``: shift probe, then ICS set-up."""
-        if step == self._probed:
-            return
-        self._probed = step
+        """First micro-batch of optimizer step ``step`` (the caller calls once per step): shift
+        probe, then ICS set-up."""
         shift = self.shift
         if shift is not None and not shift.disabled and step % self._shift_every == 0:
             if shift.batch is None:
@@ -246,7 +244,7 @@ class Probes:
         if self.shift is not None:
             self._loaded = self.state_dict().get("shift")
         self.shift = self.ics = None
-        self._pending, self._probed = {}, None
+        self._pending = {}
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

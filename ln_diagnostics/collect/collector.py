@@ -132,7 +132,7 @@ class Collector:
         self.track_updates = track_updates
         self.tag_prefix = tag_prefix
         self._saturation = [saturation_kind(m) for m in self.modules]
-        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._params = module_parameters(model)
         position = {id(p): j for j, p in enumerate(self._params)}
         self._module_params = [
             [position[id(p)] for p in module_parameters(m) if id(p) in position]
@@ -160,11 +160,6 @@ class Collector:
         self._reset_step_state()
 
     # ------------------------------------------------------------------ lifecycle
-    @property
-    def attached(self) -> bool:
-        """True between ``attach`` and ``detach``."""
-        return self._armed
-
     def attach(self) -> None:
         """Start watching: one forward hook per watched module on logging steps (idempotent)."""
         if self._armed:
@@ -214,7 +209,6 @@ class Collector:
 
     def _reset_step_state(self) -> None:
         self._shift: dict[int, Tensor] = {}
-        self._order: list[int] = []
         self._act: list[tuple[int, int, Tensor]] = []
         self._act_hist: list[tuple[int, Tensor, Tensor]] = []
         self._backprop: list[tuple[int, Tensor]] = []
@@ -224,11 +218,6 @@ class Collector:
         self._snapshot: list[Tensor] | None = None
 
     # ------------------------------------------------------------------ step protocol
-    @property
-    def logging(self) -> bool:
-        """True between ``begin_step`` and ``end_step`` of a logging step."""
-        return self._on
-
     def begin_step(self, step: int, *, scalars: bool, histograms: bool) -> None:
         """Start step ``step``; collect only if it logs scalars or histograms."""
         self._reset_step_state()
@@ -244,8 +233,7 @@ class Collector:
         if histograms and self._edges is None:
             edges = bucket_edges(torch.device("cpu"))
             self._limits = [*edges.tolist(), float(torch.finfo(torch.float64).max)]
-            device = self._params[0].device if self._params else edges.device
-            self._edges = edges.to(device)
+            self._edges = edges.to(self._device)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -340,8 +328,6 @@ class Collector:
         if t is None or t.numel() == 0:
             return
         shift = self._shift.get(i)
-        if shift is None:
-            self._order.append(i)
         row = power_sums(t, shift, self._saturation[i], scratch=self.scratch)
         if shift is None:
             self._shift[i] = row[0]
@@ -439,7 +425,8 @@ class Collector:
                 chunks["update"].append((None, [update[j] for j in self._watched_params]))
         seen = {key[0] for key, _ in chunks["act"]}
         seen |= {i for i, _ in chunks["bp"]}
-        self._order += sorted(seen - set(self._order))  # modules that ran on other ranks only
+        # forward order of this rank's first calls, then modules that ran on other ranks only
+        self._order = [*self._shift, *sorted(seen - self._shift.keys())]
         return chunks
 
     def _merge_ranks(self, rows_per_rank: list[list[list[float]]], column: int) -> list[float]:

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ln_diagnostics.collect.probing import RNGState, preserved_state
+from ln_diagnostics.collect.selection import module_parameters
 from ln_diagnostics.tags import ICS, health_tag, tag
 
 __all__ = ["ICSProbe", "LossFn"]
@@ -95,7 +96,7 @@ class ICSProbe:
         self.tag_prefix = tag_prefix
         self.disabled = False
         self.layers: list[tuple[str, nn.Module]] | None = None  # chosen after the order is known
-        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._params = module_parameters(model)
         self._before: list[set[int]] = []
         self._order: dict[int, int] = {}
         self._order_handles: list[RemovableHandle] = []
@@ -134,7 +135,7 @@ class ICSProbe:
             return
         self._theta = [p.detach().clone() for p in self._params]
         self._grads = [
-            [None if p.grad is None else p.grad.detach().clone() for p in _params(module)]
+            [None if p.grad is None else p.grad.detach().clone() for p in module_parameters(module)]
             for _, module in self.layers
         ]
 
@@ -175,7 +176,7 @@ class ICSProbe:
         for handle in self._order_handles:
             handle.remove()
         self._order_handles.clear()
-        ran = [(n, m) for n, m in self.candidates if id(m) in self._order and _params(m)]
+        ran = [(n, m) for n, m in self.candidates if id(m) in self._order and module_parameters(m)]
         ran.sort(key=lambda nm: self._order[id(nm[1])])
         if not self.select_all and len(ran) > self.max_layers:
             last = len(ran) - 1
@@ -189,7 +190,7 @@ class ICSProbe:
         for _, module in ran:
             start = self._order[id(module)]
             inside = {id(m) for m in module.modules()}
-            own = {id(p) for p in _params(module)}
+            own = {id(p) for p in module_parameters(module)}
             before: set[int] = set()
             for owner in owners:
                 if self._order[id(owner)] >= start or id(owner) in inside:
@@ -217,7 +218,7 @@ class ICSProbe:
                 for (name, module), before, grads in zip(
                     self.layers, self._before, self._grads, strict=True
                 ):
-                    params = _params(module)
+                    params = module_parameters(module)
                     if all(g is None for g in grads):
                         continue
                     with torch.no_grad():
@@ -271,10 +272,6 @@ def _check_loss(loss: Any) -> Tensor:
         what = type(loss).__name__ + (f" of shape {tuple(shape)}" if shape else "")
         raise TypeError(f"the loss must be a scalar tensor; got {what}")
     return loss
-
-
-def _params(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]
 
 
 def _own_params(module: nn.Module) -> list[nn.Parameter]:

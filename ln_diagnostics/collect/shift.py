@@ -51,7 +51,6 @@ __all__ = ["SHIFT_STATS", "ShiftProbe"]
 
 #: Logged statistics, in the order of :func:`ln_diagnostics.stats.shift.shift_metrics`.
 SHIFT_STATS = ("mean", "logvar", "kl")
-_REFS = ("step", "init")
 
 _CHANNELS_FIRST_1D: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
