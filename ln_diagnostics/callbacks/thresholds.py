@@ -35,6 +35,7 @@ from ln_diagnostics.thresholds.engine import (
     evaluate_series,
     is_settled,
     matches,
+    value_passes,
 )
 from ln_diagnostics.thresholds.rules import Rule, RuleError, load_rules, parse_rules
 
@@ -167,6 +168,8 @@ class DiagnosticThresholds(pl.Callback):
                     history = self._history.setdefault(tag, [])
                     if not history or history[-1][0] != step:
                         history.append((step, value))
+                if value_passes(rule, value):  # a passing point settles nothing
+                    continue
                 # One point decides over="all"; for an aggregate it decides only a verdict that
                 # no later point can undo (the first value above max is the running max, ...).
                 result = evaluate_series(rule, tag, [(step, value)])

@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,7 +93,7 @@ class Rule:
             parts.append(f"max {self.max:g}")
         return ", ".join(parts)
 
-    @property
+    @cached_property
     def key(self) -> str:
         """A stable identity used in callback state (label plus every setting)."""
         return (
