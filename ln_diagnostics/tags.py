@@ -1,7 +1,8 @@
 """The one TensorBoard tag grammar: ``{group}/{stat}/{layer}`` and ``health/{stat}``.
 
-Every other module (collector, probes, writer, layouts, thresholds, CLI) builds and parses tags
-through these functions, so the grammar lives in exactly one place.
+The collector, the probes, the layouts, the dashboard and the CLI build and parse tags through
+these functions, so the grammar lives in exactly one place (the writer treats tags as opaque
+strings, threshold rules match them with globs).
 
 Example:
     >>> tag("gradients", "norm", "net.3")
@@ -59,7 +60,13 @@ def tag(group: str, stat: str, layer: str, *, prefix: str = "") -> str:
     """
     if group not in LAYER_GROUPS:
         raise ValueError(f"group must be one of {', '.join(LAYER_GROUPS)}; got {group!r}")
-    return f"{prefix}{group}/{stat}/{layer or '<root>'}"
+    return f"{prefix}{group}/{stat}/{layer_name(layer)}"
+
+
+def layer_name(name: str) -> str:
+    """The layer part of a tag for a module's qualified name: the root module (``""``) is
+    spelled ``<root>``."""
+    return name or "<root>"
 
 
 def health_tag(stat: str, *, prefix: str = "") -> str:

@@ -23,6 +23,7 @@ from ln_diagnostics.collect.ics import ICSProbe, LossFn
 from ln_diagnostics.collect.probing import ForwardFn, detached_copy, is_plain, map_tensors
 from ln_diagnostics.collect.selection import plain_name
 from ln_diagnostics.collect.shift import ShiftProbe
+from ln_diagnostics.tags import layer_name
 
 #: Layers measured by ICS when ``ics_layers`` is not given.
 DEFAULT_ICS_LAYERS = 4
@@ -179,7 +180,7 @@ class Probes:
                 if any(p.requires_grad for p in m.parameters())
             ]
         else:
-            named = [(plain_name(name) or "<root>", m) for name, m in pl_module.named_modules()]
+            named = [(layer_name(plain_name(name)), m) for name, m in pl_module.named_modules()]
             candidates = [
                 (name, m)
                 for name, m in named

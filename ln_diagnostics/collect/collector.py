@@ -67,6 +67,7 @@ from ln_diagnostics.tags import (
     PARAMETERS,
     UPDATES,
     health_tag,
+    layer_name,
     tag,
 )
 
@@ -127,7 +128,7 @@ class Collector:
         tag_prefix: str = "",
     ) -> None:
         self.model = model
-        self.names = [name or "<root>" for name, _ in modules]
+        self.names = [layer_name(name) for name, _ in modules]
         self.modules = [module for _, module in modules]
         self.track_updates = track_updates
         self.tag_prefix = tag_prefix

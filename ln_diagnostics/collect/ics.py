@@ -51,7 +51,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ln_diagnostics.collect.probing import RNGState, preserved_state
 from ln_diagnostics.collect.selection import module_parameters
-from ln_diagnostics.tags import ICS, health_tag, tag
+from ln_diagnostics.tags import ICS, health_tag, layer_name, tag
 
 __all__ = ["ICSProbe", "LossFn"]
 
@@ -88,7 +88,7 @@ class ICSProbe:
         tag_prefix: str = "",
     ) -> None:
         self.model = model
-        self.candidates = [(name or "<root>", module) for name, module in candidates]
+        self.candidates = [(layer_name(name), module) for name, module in candidates]
         self.loss = loss
         self.max_layers = max_layers
         self.select_all = select_all

@@ -45,7 +45,7 @@ from ln_diagnostics.collect.probing import ForwardFn, default_forward, preserved
 from ln_diagnostics.collect.selection import primary_tensor
 from ln_diagnostics.stats.moments import Scratch
 from ln_diagnostics.stats.shift import EPS, feature_moments, merge_moments, segment_shift_metrics
-from ln_diagnostics.tags import SHIFT, health_tag, tag
+from ln_diagnostics.tags import SHIFT, health_tag, layer_name, tag
 
 __all__ = ["SHIFT_STATS", "ShiftProbe"]
 
@@ -111,7 +111,7 @@ class ShiftProbe:
         scratch: Scratch | None = None,
     ) -> None:
         self.model = model
-        self.names = [name or "<root>" for name, _ in modules]
+        self.names = [layer_name(name) for name, _ in modules]
         self.modules = [module for _, module in modules]
         self.batch = batch
         self.forward = forward or default_forward
