@@ -36,6 +36,14 @@ SwapTarget = Literal["layernorm", "groupnorm", "rmsnorm"]
 TARGETS: tuple[str, ...] = get_args(SwapTarget)
 
 ROOT_NAME = "(root)"
+
+#: The layer each target builds; ``nn.GroupNorm`` with one group normalises over (C, H, W).
+_TARGET_TYPES: dict[str, type[nn.Module]] = {
+    "layernorm": ChannelLayerNorm,
+    "groupnorm": nn.GroupNorm,
+    "rmsnorm": ChannelRMSNorm,
+}
+
 BIAS_DROPPED_NOTE = "bias dropped (RMSNorm has no shift)"
 
 
@@ -197,14 +205,9 @@ def _new_layer(old: _BatchNorm, target: str) -> nn.Module:
     """An untrained replacement for ``old`` with its channels, eps, affine flag, device, dtype."""
     tensors = [t for t in (old.weight, old.running_mean) if t is not None]
     factory = {"device": tensors[0].device, "dtype": tensors[0].dtype} if tensors else {}
-    c, eps, affine = old.num_features, old.eps, old.affine
-    new: nn.Module
-    if target == "layernorm":
-        new = ChannelLayerNorm(c, eps=eps, affine=affine, **factory)
-    elif target == "groupnorm":
-        new = nn.GroupNorm(1, c, eps=eps, affine=affine, **factory)
-    else:
-        new = ChannelRMSNorm(c, eps=eps, affine=affine, **factory)
+    layer = _TARGET_TYPES[target]
+    sizes = (1, old.num_features) if layer is nn.GroupNorm else (old.num_features,)
+    new = layer(*sizes, eps=old.eps, affine=old.affine, **factory)
     return new.train(old.training)
 
 
@@ -335,9 +338,7 @@ def swap_batchnorm(
                 "forward pass (e.g. model(example_batch)) before calling swap_batchnorm."
             )
 
-    new_type = {"layernorm": "ChannelLayerNorm", "groupnorm": "GroupNorm"}.get(
-        target, "ChannelRMSNorm"
-    )
+    new_type = _TARGET_TYPES[target].__name__
     entries: list[SwapEntry] = []
     replacement: dict[int, nn.Module] = {}
     dropped_bias: list[str] = []
