@@ -103,8 +103,6 @@ class Dashboard:
         self.writer = writer
         self.prefix = prefix
         self.layout_stats: set[tuple[str, str]] = set()
-        self._layout_size = 0
-        self._seen: set[str] = set()
         self._route: dict[str, tuple[str, str] | None] = {}
         self._rows: dict[str, dict[str, None]] = {name: {} for name, _ in _HEATMAPS.values()}
         self._history: deque[tuple[int, dict[str, dict[str, float]]]] = deque(maxlen=max_steps)
@@ -117,26 +115,27 @@ class Dashboard:
     # ------------------------------------------------------------------ per logging step
     def update(self, report: StepReport) -> None:
         """Feed one logging step: extend the layout if needed, record and maybe draw heat maps."""
-        new_tags = report.scalars.keys() - self._seen
+        new_tags = [value for value in report.scalars if value not in self._route]
         if new_tags:
-            self._seen |= new_tags
-            for value in new_tags:
+            known = len(self.layout_stats)
+            for value in new_tags:  # in report order, so heat-map rows keep forward order
                 parsed = parse_tag(value)
-                if parsed is None:
-                    self._route[value] = None
-                    continue
-                self.layout_stats.add((parsed.group, parsed.stat))
-                target = _HEATMAPS.get((parsed.group, parsed.stat))
-                self._route[value] = None if target is None else (target[0], parsed.layer or "")
-            if len(self.layout_stats) > self._layout_size:
+                route = None
+                if parsed is not None:
+                    self.layout_stats.add((parsed.group, parsed.stat))
+                    target = _HEATMAPS.get((parsed.group, parsed.stat))
+                    if target is not None:
+                        route = (target[0], parsed.layer or "")
+                        self._rows[target[0]].setdefault(route[1], None)
+                self._route[value] = route
+            if len(self.layout_stats) > known:
                 self.write_layout(report.step)
         cells: dict[str, dict[str, float]] = {name: {} for name in self._rows}
         for value, number in report.scalars.items():
-            route = self._route.get(value)
+            route = self._route[value]
             if route is not None:
                 name, layer = route
                 cells[name][layer] = _cell(name, number)
-                self._rows[name].setdefault(layer, None)
         if not any(cells.values()):  # e.g. a shift-probe-only report: no column of grey cells
             return
         self._history.append((report.step, cells))
@@ -148,7 +147,6 @@ class Dashboard:
         """Write the custom-scalars layout for the statistics seen so far."""
         layout = build_layout(self.layout_stats, prefix=self.prefix)
         self.writer._get_file_writer().add_summary(layout_summary(layout), step)
-        self._layout_size = len(self.layout_stats)
 
     def heatmap(self, name: str) -> tuple[np.ndarray, list[str], list[int]] | None:
         """The ``(matrix, layer names, steps)`` behind heat map ``name``; ``None`` if empty."""
