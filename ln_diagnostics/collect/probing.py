@@ -111,7 +111,11 @@ def map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     if isinstance(batch, Tensor):
         return fn(batch)
     if isinstance(batch, Mapping):
-        return type(batch)((k, map_tensors(v, fn)) for k, v in batch.items())
+        items = [(k, map_tensors(v, fn)) for k, v in batch.items()]
+        try:
+            return type(batch)(items)
+        except TypeError:  # a mapping not built from pairs (defaultdict, MappingProxyType)
+            return dict(items)
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
         return type(batch)(*(map_tensors(v, fn) for v in batch))
     if isinstance(batch, (tuple, list)):

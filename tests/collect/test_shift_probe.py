@@ -251,3 +251,22 @@ def test_default_forward_passes_as_many_batch_items_as_forward_takes():
     assert default_forward(Two(), [x, y]).tolist() == [4.0, 4.0]
     assert default_forward(Two(), {"inputs": x, "target": y}).tolist() == [4.0, 4.0]
     assert default_forward(One(), x).tolist() == [2.0, 2.0]
+
+
+def test_detached_copy_keeps_the_structure_of_nested_batches():
+    from collections import defaultdict, namedtuple
+    from types import MappingProxyType
+
+    from ln_diagnostics.collect.probing import detached_copy
+
+    pair = namedtuple("Pair", "x y")
+    x = torch.randn(3, requires_grad=True)
+    by_key = defaultdict(list, {"x": x, "n": 7})
+    batch = [pair(x, 1), by_key, MappingProxyType({"x": x}), (x,)]
+    copied = detached_copy(batch)
+    # mappings that cannot be built from (key, value) pairs come back as plain dicts
+    assert type(copied[0]) is pair and type(copied[1]) is dict and type(copied[2]) is dict
+    assert type(copied[3]) is tuple
+    for t in (copied[0].x, copied[1]["x"], copied[2]["x"], copied[3][0]):
+        assert t is not x and not t.requires_grad and torch.equal(t, x)
+    assert copied[0].y == 1 and copied[1]["n"] == 7
