@@ -4,10 +4,8 @@ import warnings
 
 import pytest
 import torch
-from pytorch_lightning import LightningModule, Trainer, seed_everything
+from pytorch_lightning import LightningModule, seed_everything
 from pytorch_lightning.demos import LightningLSTM
-from pytorch_lightning.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -47,29 +45,12 @@ class Net(LightningModule):
         return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=16)
 
 
-def fit(tmp_path, callbacks, make=Net, max_steps=6, ckpt_path=None, **kwargs):
+def fit(make_trainer, callbacks, make=Net, max_steps=6, ckpt_path=None, **kwargs):
     seed_everything(7)
     model = make()
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_steps=max_steps,
-        accelerator="cpu",
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=TensorBoardLogger(tmp_path, name="run"),
-        log_every_n_steps=2,
-        **kwargs,
-    )
+    trainer = make_trainer(callbacks, max_steps=max_steps, log_every_n_steps=2, **kwargs)
     trainer.fit(model, ckpt_path=ckpt_path)
     return trainer, model
-
-
-def scalars(trainer):
-    acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0})
-    acc.Reload()
-    return acc
 
 
 def first_x(model, batch):
@@ -77,10 +58,10 @@ def first_x(model, batch):
 
 
 @pytest.mark.parametrize("ics", [0, 1])
-def test_probing_does_not_change_the_training_trajectory_bit_for_bit(tmp_path, ics):
-    _, plain = fit(tmp_path / "plain", [LayerDiagnostics(shift_every_n_steps=0)])
+def test_probing_does_not_change_the_training_trajectory_bit_for_bit(make_trainer, ics):
+    _, plain = fit(make_trainer, [LayerDiagnostics(shift_every_n_steps=0)])
     diag = LayerDiagnostics(shift_every_n_steps=1, ics_every_n_steps=ics, probe_forward=first_x)
-    _, probed = fit(tmp_path / "probed", [diag])
+    _, probed = fit(make_trainer, [diag])
     assert any(k.startswith("shift/") for k in diag.last_logged.scalars)
     if ics:
         assert "ics/cos/net.0" in diag.last_logged.scalars
@@ -90,10 +71,10 @@ def test_probing_does_not_change_the_training_trajectory_bit_for_bit(tmp_path, i
         assert torch.equal(a, b), name  # weights and BatchNorm buffers
 
 
-def test_shift_and_ics_tags_are_in_the_event_file_and_sane(tmp_path):
+def test_shift_and_ics_tags_are_in_the_event_file_and_sane(make_trainer, events):
     diag = LayerDiagnostics(shift_every_n_steps=2, ics_every_n_steps=3, probe_forward=first_x)
-    trainer, _ = fit(tmp_path, [diag])
-    acc = scalars(trainer)
+    trainer, _ = fit(make_trainer, [diag])
+    acc = events(trainer.logger.log_dir)
     tags = set(acc.Tags()["scalars"])
     for stat in ("mean", "logvar", "kl"):
         for ref in ("step", "init"):
@@ -111,37 +92,40 @@ def test_shift_and_ics_tags_are_in_the_event_file_and_sane(tmp_path):
     assert "health/ics_cos_mean" in tags
 
 
-def test_lr_zero_gives_zero_shift(tmp_path):
+def test_lr_zero_gives_zero_shift(make_trainer):
     diag = LayerDiagnostics(shift_every_n_steps=1, probe_forward=first_x)
-    fit(tmp_path, [diag], make=lambda: Net(lr=0.0), max_steps=3)
+    fit(make_trainer, [diag], make=lambda: Net(lr=0.0), max_steps=3)
     shift = {k: v for k, v in diag.last_logged.scalars.items() if "shift" in k}
     assert shift and all(v == 0.0 for v in shift.values())
 
 
-def test_resume_keeps_the_step_zero_reference(tmp_path):
+def test_resume_keeps_the_step_zero_reference(tmp_path, make_trainer):
     # no dropout: Lightning does not checkpoint the RNG, so only a deterministic model can be
     # compared with an uninterrupted run
     diag = LayerDiagnostics(shift_every_n_steps=1, probe_forward=first_x)
-    trainer, _ = fit(tmp_path / "a", [diag], make=lambda: Net(p=0.0), max_steps=4)
+    trainer, _ = fit(make_trainer, [diag], make=lambda: Net(p=0.0), max_steps=4)
     ckpt = tmp_path / "a.ckpt"
     trainer.save_checkpoint(ckpt)
     full = LayerDiagnostics(shift_every_n_steps=1, probe_forward=first_x)
-    fit(tmp_path / "full", [full], make=lambda: Net(p=0.0), max_steps=6)
+    fit(make_trainer, [full], make=lambda: Net(p=0.0), max_steps=6)
     resumed = LayerDiagnostics(shift_every_n_steps=1, probe_forward=first_x)
-    fit(tmp_path / "b", [resumed], make=lambda: Net(p=0.0), max_steps=6, ckpt_path=ckpt)
+    fit(make_trainer, [resumed], make=lambda: Net(p=0.0), max_steps=6, ckpt_path=ckpt)
     assert resumed.last_logged.step == 5
     got, want = resumed.last_logged.scalars, full.last_logged.scalars
     for key in ("shift/mean_init/net.4", "shift/kl_init/net.7", "shift/logvar_step/net.1"):
         assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
-    assert resumed.n_logged >= 1 and "shift" in resumed.state_dict()
+    # steps 0-3 restored from the checkpoint, then 4 and 5: as many reports as the whole run
+    assert diag.n_logged == 4
+    assert resumed.n_logged == full.n_logged == 6
+    assert "shift" in resumed.state_dict()
 
 
-def test_default_probe_forward_runs_forward_x_on_an_x_y_batch(tmp_path):
+def test_default_probe_forward_runs_forward_x_on_an_x_y_batch(make_trainer):
     # Net.forward(x) gets only x from the (x, y) batch: no warning, shift tags logged
     diag = LayerDiagnostics(shift_every_n_steps=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        fit(tmp_path, [diag], max_steps=3)
+        fit(make_trainer, [diag], max_steps=3)
     assert "shift/mean_init/net.0" in diag.last_logged.scalars
 
 
@@ -154,23 +138,23 @@ class OfflineLSTM(LightningLSTM):
         return DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=8)
 
 
-def test_lstm_default_probe_warns_and_a_probe_forward_fixes_it(tmp_path):
+def test_lstm_default_probe_warns_and_a_probe_forward_fixes_it(make_trainer):
     def lstm_forward(model, batch):
         return model.model(batch[0], model.model.init_hidden(batch[0].size(0)))
 
     with pytest.warns(RuntimeWarning, match="probe_forward"):
         fit(
-            tmp_path / "a",
+            make_trainer,
             [LayerDiagnostics(shift_every_n_steps=1)],
             make=lambda: OfflineLSTM(vocab_size=50),
             max_steps=2,
         )
     diag = LayerDiagnostics(shift_every_n_steps=1, probe_forward=lstm_forward)
-    fit(tmp_path / "b", [diag], make=lambda: OfflineLSTM(vocab_size=50), max_steps=2)
+    fit(make_trainer, [diag], make=lambda: OfflineLSTM(vocab_size=50), max_steps=2)
     assert "shift/mean_init/model.rnn" in diag.last_logged.scalars
 
 
-def test_custom_probe_batch_and_ics_loss_and_layers(tmp_path):
+def test_custom_probe_batch_and_ics_loss_and_layers(make_trainer):
     probe = (torch.randn(10, 8), torch.zeros(10, 1))
     calls = []
 
@@ -187,7 +171,7 @@ def test_custom_probe_batch_and_ics_loss_and_layers(tmp_path):
         ics_layers=["net.4"],
         ics_loss=loss,
     )
-    fit(tmp_path, [diag], max_steps=3)
+    fit(make_trainer, [diag], max_steps=3)
     tags = set(diag.last_logged.scalars)
     assert "ics/cos/net.4" in tags and not any(t.startswith("ics/l2/net.0") for t in tags)
     assert len(calls) == 2 and "shift/kl_init/net.0" in tags
@@ -225,13 +209,13 @@ def test_bad_arguments_name_the_argument_expectation_and_value(kwargs, message):
     assert str(info.value) == message
 
 
-def test_ics_layers_matching_nothing_fails_at_setup(tmp_path):
+def test_ics_layers_matching_nothing_fails_at_setup(make_trainer):
     with pytest.raises(ValueError, match=r"ics_layers=\['encoder\.\*'\] matched no module"):
-        fit(tmp_path, [LayerDiagnostics(ics_every_n_steps=1, ics_layers="encoder.*")])
+        fit(make_trainer, [LayerDiagnostics(ics_every_n_steps=1, ics_layers="encoder.*")])
 
 
-def test_gradient_accumulation_disables_ics_with_a_warning(tmp_path):
+def test_gradient_accumulation_disables_ics_with_a_warning(make_trainer):
     diag = LayerDiagnostics(shift_every_n_steps=0, ics_every_n_steps=1)
     with pytest.warns(UserWarning, match="accumulate_grad_batches=2"):
-        fit(tmp_path, [diag], max_steps=2, accumulate_grad_batches=2)
+        fit(make_trainer, [diag], max_steps=2, accumulate_grad_batches=2)
     assert not any(k.startswith("ics/") for k in diag.last_logged.scalars)

@@ -1,50 +1,10 @@
-"""Shared helpers of the reliability tests: a quiet CPU Trainer, event-file reading, hook counts."""
+"""Helpers of the reliability tests: regression data, independent gradient norms, one thread.
+The Trainer builder, event reader and hook counters are in ``tests/conftest.py``."""
 
 import pytest
 import torch
-from pytorch_lightning import Callback, Trainer
-from pytorch_lightning.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from pytorch_lightning import Callback
 from torch.utils.data import DataLoader, TensorDataset
-
-
-def _trainer(tmp_path, callbacks, **kwargs):
-    kwargs.setdefault("logger", TensorBoardLogger(tmp_path, name="run"))
-    kwargs.setdefault("enable_checkpointing", False)
-    return Trainer(
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-        accelerator=kwargs.pop("accelerator", "cpu"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
-
-
-def _events(logdir):
-    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "histograms": 0})
-    acc.Reload()
-    return acc
-
-
-def _module_hooks(model):
-    """Forward, forward-pre and backward hooks on every submodule."""
-    return sum(
-        len(m._forward_hooks)
-        + len(m._forward_pre_hooks)
-        + len(m._backward_hooks)
-        + len(getattr(m, "_backward_pre_hooks", {}))
-        for m in model.modules()
-    )
-
-
-def _tensor_hooks(model):
-    """Tensor hooks left on parameters (``register_hook`` / post-accumulate-grad hooks)."""
-    count = 0
-    for p in model.parameters():
-        count += len(p._backward_hooks or {})
-        count += len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
-    return count
 
 
 def _regression_data(n=64, features=16, batch_size=8, seed=0, scale=1.0):
@@ -72,26 +32,6 @@ class GradNorms(Callback):
                 row[name] = torch.cat([g.double().reshape(-1) for g in grads]).norm().item()
         self.calls.append((trainer.global_step, row))
         self.norms.setdefault(trainer.global_step, row)
-
-
-@pytest.fixture
-def make_trainer(tmp_path):
-    return lambda callbacks, **kwargs: _trainer(tmp_path, callbacks, **kwargs)
-
-
-@pytest.fixture
-def events():
-    return _events
-
-
-@pytest.fixture
-def hooks():
-    return _module_hooks
-
-
-@pytest.fixture
-def tensor_hooks():
-    return _tensor_hooks
 
 
 @pytest.fixture
