@@ -101,6 +101,30 @@ def test_plain_pytorch_table_matches_the_event_file(tmp_path):
     assert tags["gradients/norm/0"][-1][0] == 20
     assert float(rows["0"][4]) == pytest.approx(tags["gradients/norm/0"][-1][1], rel=1e-2)
     assert float(rows["1"][3]) == pytest.approx(tags["activations/zero_frac/1"][-1][1], abs=5e-4)
+    # the head (6 × (Linear, ReLU), then Linear(128, 10)): its update ratio, printed as %.2e
+    assert rows["12"][1] == "Linear"
+    assert float(rows["12"][5]) == pytest.approx(tags["updates/ratio/12"][-1][1], rel=1e-2)
+
+
+def test_shift_depth_table_matches_the_event_files_and_layernorm_shifts_less(tmp_path):
+    out = run_example("shift_depth.py", "--steps", "21", "--logdir", str(tmp_path))
+    assert "shift/mean_init at the last probe (step 20)" in out
+    linears = [str(i) for i in range(9)]
+    rows = table_rows(out, [*linears, "health"])
+    assert set(rows) == {*linears, "health"}
+    runs = read_scalars(tmp_path)
+    # Linear i is net.<2i> in (Linear, Tanh) blocks, net.<3i> in (Linear, LayerNorm, Tanh) blocks
+    last = {}
+    for column, (name, stride) in enumerate((("no_norm", 2), ("layernorm", 3)), start=1):
+        for i in linears:
+            step, value = runs[name][f"shift/mean_init/net.{int(i) * stride}"][-1]
+            assert step == 20
+            assert float(rows[i][column]) == pytest.approx(value, abs=5e-4), (name, i)
+        last[name] = value
+        health = runs[name]["health/shift_mean_init"][-1][1]
+        assert float(rows["health"][column]) == pytest.approx(health, abs=5e-4), name
+    # README: without normalization the shift at the last Linear is larger than with LayerNorm
+    assert last["no_norm"] > last["layernorm"]
 
 
 def test_cli_train_with_a_preset(tmp_path):

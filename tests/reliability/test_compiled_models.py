@@ -42,7 +42,7 @@ class Plain(CompiledInner):
         return self.net(x)
 
 
-def compiled_inner_run(make_trainer, events, regression_data, grad_norms, backend):
+def compiled_inner_run(make_trainer, regression_data, grad_norms, backend):
     seed_everything(0)
     model = CompiledInner(backend)
     probe = grad_norms("net._orig_mod.0", "net._orig_mod.2")
@@ -70,9 +70,7 @@ def check_compiled_run(model, run, probe, events, hooks, tensor_hooks):
 def test_compiled_inner_module_aot_eager(
     make_trainer, events, regression_data, grad_norms, hooks, tensor_hooks
 ):
-    model, run, probe = compiled_inner_run(
-        make_trainer, events, regression_data, grad_norms, "aot_eager"
-    )
+    model, run, probe = compiled_inner_run(make_trainer, regression_data, grad_norms, "aot_eager")
     check_compiled_run(model, run, probe, events, hooks, tensor_hooks)
 
 
@@ -80,9 +78,7 @@ def test_compiled_inner_module_aot_eager(
 def test_compiled_inner_module_inductor(
     make_trainer, events, regression_data, grad_norms, hooks, tensor_hooks
 ):
-    model, run, probe = compiled_inner_run(
-        make_trainer, events, regression_data, grad_norms, "inductor"
-    )
+    model, run, probe = compiled_inner_run(make_trainer, regression_data, grad_norms, "inductor")
     check_compiled_run(model, run, probe, events, hooks, tensor_hooks)
 
 
@@ -103,11 +99,15 @@ def test_compiled_lightning_module_is_unwrapped_by_the_trainer(
 
 
 def test_compiled_and_eager_runs_log_the_same_tags(make_trainer, events, regression_data):
-    seed_everything(0)
-    run = make_trainer([LayerDiagnostics(every_n_steps=1, **QUIET)], max_steps=1)
-    torch._dynamo.reset()
-    run.fit(CompiledInner("aot_eager"), train_dataloaders=regression_data())
-    assert "gradients/norm/net.0" in events(run.logger.log_dir).Tags()["scalars"]
+    tags = {}
+    for name, make in (("compiled", lambda: CompiledInner("aot_eager")), ("eager", Plain)):
+        seed_everything(0)
+        run = make_trainer([LayerDiagnostics(every_n_steps=1, **QUIET)], max_steps=1)
+        torch._dynamo.reset()
+        run.fit(make(), train_dataloaders=regression_data())
+        tags[name] = set(events(run.logger.log_dir).Tags()["scalars"])
+    assert tags["compiled"] == tags["eager"]
+    assert "gradients/norm/net.0" in tags["eager"]
 
 
 class DeepCompiled(CompiledInner):
