@@ -34,6 +34,16 @@ HEALTH = "health"
 LAYER_GROUPS: tuple[str, ...] = (ACTIVATIONS, GRADIENTS, BACKPROP, PARAMETERS, UPDATES, SHIFT, ICS)
 GROUPS: tuple[str, ...] = (*LAYER_GROUPS, HEALTH)
 
+#: The model-wide statistics the collector logs under ``health/``, in the dashboards' order.
+HEALTH_STATS: tuple[str, ...] = (
+    "grad_norm_total",
+    "param_norm_total",
+    "update_ratio_total",
+    "backprop_depth_log10",
+    "nonfinite_grads",
+    "nonfinite_activations",
+)
+
 #: Images (depth × step heat maps) live under this top-level name, outside the scalar grammar.
 HEATMAPS = "heatmaps"
 #: ``heatmaps/backprop_log10_norm``: log10 of ``backprop/norm`` per layer and logging step.

@@ -36,6 +36,7 @@ from ln_diagnostics.collect.records import StepReport
 from ln_diagnostics.tags import (
     ACTIVATIONS,
     BACKPROP,
+    HEALTH_STATS,
     HEATMAP_ACTIVATION_STD,
     HEATMAP_BACKPROP,
     SUMMARY_TEXT_TAG,
@@ -55,15 +56,7 @@ from ln_diagnostics.tensorboard.writer import image_summary
 __all__ = ["HPARAMS_METRICS", "Dashboard"]
 
 #: Scalars shown next to the options in the HParams tab (``hp_metric`` is Lightning's default).
-HPARAMS_METRICS: tuple[str, ...] = (
-    health_tag("grad_norm_total"),
-    health_tag("param_norm_total"),
-    health_tag("update_ratio_total"),
-    health_tag("backprop_depth_log10"),
-    health_tag("nonfinite_grads"),
-    health_tag("nonfinite_activations"),
-    "hp_metric",
-)
+HPARAMS_METRICS: tuple[str, ...] = (*(health_tag(stat) for stat in HEALTH_STATS), "hp_metric")
 
 # Which scalar feeds which heat map, and how a value becomes a cell.
 _HEATMAPS: dict[tuple[str, str], tuple[str, str]] = {

@@ -24,7 +24,7 @@ from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
-from ln_diagnostics.tags import HEALTH, LAYER_GROUPS, parse_tag, stat_regex
+from ln_diagnostics.tags import HEALTH, HEALTH_STATS, LAYER_GROUPS, parse_tag, stat_regex
 
 __all__ = ["HEALTH_TITLE", "build_layout", "layout_summary", "stat_keys"]
 
@@ -32,14 +32,7 @@ HEALTH_TITLE = "Health"
 
 # Charts in reading order; statistics not listed follow in alphabetical order.
 _PREFERRED: dict[str, tuple[str, ...]] = {
-    HEALTH: (
-        "grad_norm_total",
-        "param_norm_total",
-        "update_ratio_total",
-        "backprop_depth_log10",
-        "nonfinite_grads",
-        "nonfinite_activations",
-    ),
+    HEALTH: HEALTH_STATS,
     "activations": (
         "std",
         "mean",
