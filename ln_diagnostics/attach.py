@@ -9,7 +9,7 @@ from torch import nn
 
 from ln_diagnostics._validate import check_int, check_optional_int
 from ln_diagnostics.collect.loop import Diagnostics
-from ln_diagnostics.collect.options import SelectionOptions
+from ln_diagnostics.collect.options import SelectionOptions, histogram_interval
 from ln_diagnostics.tensorboard.writer import write_report
 
 
@@ -68,5 +68,5 @@ def attach(
         sink=None if writer is None else lambda report: write_report(writer, report),
         flush=None if writer is None else writer.flush,
         every_n_steps=every_n_steps,
-        histogram_every_n_steps=10 * every_n_steps if hist is None else hist,
+        histogram_every_n_steps=histogram_interval(every_n_steps, hist),
     )

@@ -15,7 +15,7 @@ from ln_diagnostics.callbacks._logger import describe_loggers, tensorboard_write
 from ln_diagnostics.callbacks._probes import ProbeOptions, Probes
 from ln_diagnostics.collect.collector import Collector
 from ln_diagnostics.collect.grouping import block_names
-from ln_diagnostics.collect.options import SelectionOptions
+from ln_diagnostics.collect.options import SelectionOptions, histogram_interval
 from ln_diagnostics.collect.records import LoggedScalars, StepReport
 from ln_diagnostics.tensorboard.writer import write_report
 
@@ -151,8 +151,7 @@ class LayerDiagnostics(pl.Callback):
                 "(logger=False). Use Trainer(logger=True) or a TensorBoardLogger."
             )
         self._every = self.every_n_steps or max(1, int(trainer.log_every_n_steps))
-        hist = self.histogram_every_n_steps
-        self._hist_every = 10 * self._every if hist is None else hist
+        self._hist_every = histogram_interval(self._every, self.histogram_every_n_steps)
         self._writer, self._loggers = None, []
         if trainer.is_global_zero:
             self._writer = tensorboard_writer(trainer)

@@ -12,6 +12,11 @@ from ln_diagnostics.collect.collector import Collector
 from ln_diagnostics.collect.selection import candidate_names, resolve_types, select_modules
 
 
+def histogram_interval(every_n_steps: int, histogram_every_n_steps: int | None) -> int:
+    """The histogram interval: as given, or by default 10x rarer than the scalars."""
+    return 10 * every_n_steps if histogram_every_n_steps is None else histogram_every_n_steps
+
+
 @dataclass(frozen=True)
 class SelectionOptions:
     """Which modules to watch and what to measure besides the defaults.
