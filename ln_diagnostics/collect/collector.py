@@ -410,7 +410,7 @@ class Collector:
                     chunks["act"].append(((i, int(row[0])), row[1:]))
             for i, (squares, calls) in enumerate(bp):
                 if calls > 0:
-                    chunks["bp"].append((i, [math.sqrt(squares)]))
+                    chunks["bp"].append((i, [squares]))  # Σ‖g‖² of the calls
             for kind, rows in zip(("act", "grad"), hists, strict=False):  # none without histograms
                 for i, row in enumerate(rows):
                     if any(row[4:]):
@@ -480,14 +480,15 @@ class Collector:
         if first_bad is not None:
             self._warn_nonfinite("activations", first_bad)
 
-        backprop: dict[int, float] = defaultdict(float)
-        for i, (norm,) in chunks["bp"]:
-            backprop[i] += norm * norm
-        ordered = [i for i in self._order if i in backprop]
-        for i in ordered:
-            scalars[self._tag(BACKPROP, "norm", i)] = math.sqrt(backprop[i])
-        if len(ordered) >= 2:
-            first, last = math.sqrt(backprop[ordered[0]]), math.sqrt(backprop[ordered[-1]])
+        squares: dict[int, float] = defaultdict(float)
+        for i, (sum_sq,) in chunks["bp"]:
+            squares[i] += sum_sq
+        norms = {i: math.sqrt(squares[i]) for i in self._order if i in squares}
+        for i, norm in norms.items():
+            scalars[self._tag(BACKPROP, "norm", i)] = norm
+        if len(norms) >= 2:
+            ordered = list(norms.values())
+            first, last = ordered[0], ordered[-1]
             if not (first <= 0 or last <= 0):  # NaN passes
                 scalars[self._health("backprop_depth_log10")] = math.log10(first / last)
 
