@@ -59,7 +59,14 @@ from ln_diagnostics.collect.selection import (
     select_modules,
 )
 from ln_diagnostics.stats.histogram import bucket_edges, histogram
-from ln_diagnostics.stats.moments import Moments, Scratch, finalize, power_sums, reshift
+from ln_diagnostics.stats.moments import (
+    Moments,
+    Scratch,
+    dense_values,
+    finalize,
+    power_sums,
+    reshift,
+)
 from ln_diagnostics.tags import (
     ACTIVATIONS,
     BACKPROP,
@@ -328,13 +335,14 @@ class Collector:
         t = primary_tensor(output)
         if t is None or t.numel() == 0:
             return
+        values = dense_values(t.detach())  # a nested tensor's values, without padding
         shift = self._shift.get(i)
-        row = power_sums(t, shift, self._saturation[i], scratch=self.scratch)
+        row = power_sums(values, shift, self._saturation[i], scratch=self.scratch)
         if shift is None:
             self._shift[i] = row[0]
-        self._act.append((i, t.numel(), row))
+        self._act.append((i, values.numel(), row))
         if self._hist_on and self._edges is not None:
-            self._act_hist.append((i, *histogram(t, self._edges, scratch=self.scratch)))
+            self._act_hist.append((i, *histogram(values, self._edges, scratch=self.scratch)))
         if t.requires_grad and torch.is_grad_enabled():
             t.register_hook(partial(self._backward_hook, i))
 
@@ -344,7 +352,7 @@ class Collector:
             return
         try:
             with torch.no_grad():
-                norm = torch.linalg.vector_norm(grad.detach(), dtype=torch.float32)
+                norm = torch.linalg.vector_norm(dense_values(grad.detach()), dtype=torch.float32)
             self._backprop.append((i, norm))
         except Exception as exc:
             self._disable(i, exc)

@@ -1,0 +1,83 @@
+"""The collector and the shift probe on nested tensors and on Hugging Face activation modules."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ln_diagnostics.collect.collector import Collector, select_modules
+from ln_diagnostics.collect.shift import ShiftProbe
+from ln_diagnostics.stats.shift import EPS
+
+pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype")
+
+
+def rows_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3, bias=False))
+
+
+def jagged_batch():
+    gen = torch.Generator().manual_seed(1)
+    parts = [torch.randn(n, 4, generator=gen) for n in (5, 2, 7)]
+    return torch.nested.nested_tensor(parts, layout=torch.jagged), torch.cat(parts)
+
+
+def test_nested_activation_and_backprop_statistics_match_a_dense_float64_computation():
+    model = rows_model()
+    nested, rows = jagged_batch()
+    collector = Collector(model, select_modules(model))
+    collector.attach()
+    collector.begin_step(0, scalars=True, histograms=True)
+    model(nested).values().square().sum().backward()
+    collector.before_optimizer_step()
+    report = collector.end_step()
+    collector.detach()
+
+    ref = [rows.double()]
+    for layer in model.double():  # the rows, one layer at a time, in float64
+        ref.append(layer(ref[-1]))
+        ref[-1].retain_grad()
+    ref[-1].square().sum().backward()
+    for k in range(3):
+        out = ref[k + 1]
+        assert report.scalars[f"activations/mean/{k}"] == pytest.approx(out.mean().item(), rel=1e-5)
+        assert report.scalars[f"activations/std/{k}"] == pytest.approx(
+            out.std(unbiased=False).item(), rel=1e-5
+        )
+        assert report.scalars[f"backprop/norm/{k}"] == pytest.approx(
+            out.grad.norm().item(), rel=1e-5
+        )
+        assert report.histograms[f"activations/hist/{k}"].num == out.numel()
+
+
+def test_shift_probe_fits_a_nested_output_per_last_dimension_of_its_components():
+    model = rows_model()
+    nested, rows = jagged_batch()
+    probe = ShiftProbe(model, select_modules(model), batch=nested)
+    assert probe.measure(0)["shift/logvar_init/2"] == 0.0
+    with torch.no_grad():
+        var = model.double()(rows.double()).var(0, unbiased=False)
+        model.float()
+        model[2].weight.mul_(2.0)
+    expected = torch.log((4 * var + EPS) / (var + EPS)).mean().item()
+    out = probe.measure(1)
+    assert out["shift/logvar_step/2"] == pytest.approx(expected, rel=1e-5)
+    assert out["shift/logvar_step/2"] == pytest.approx(math.log(4.0), rel=1e-3)
+    assert out["shift/mean_step/0"] == 0.0
+
+
+class ToSparse(nn.Module):
+    def forward(self, x):
+        return x.to_sparse()
+
+
+def test_a_layer_the_probe_cannot_fit_is_named_and_dropped_while_the_others_go_on():
+    model = nn.Sequential(nn.Linear(4, 4), ToSparse())
+    modules = [("0", model[0]), ("1", model[1])]
+    probe = ShiftProbe(model, modules, batch=torch.randn(8, 4))
+    with pytest.warns(RuntimeWarning, match="could not fit layer '1' .*no shift metrics"):
+        out = probe.measure(0)
+    assert "shift/mean_init/0" in out and not any(tag.endswith("/1") for tag in out)
+    assert not probe.disabled and "shift/mean_step/0" in probe.measure(1)
