@@ -144,6 +144,42 @@ def select_modules(
     return picked
 
 
+def parameter_owners(
+    model: nn.Module,
+    modules: Sequence[tuple[str, nn.Module]],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> list[tuple[str, list[nn.Parameter]]]:
+    """Trainable parameters that no watched module holds, by the module that holds them.
+
+    A ViT's ``cls_token`` and ``pos_embed`` live on the model itself (``""``, logged as
+    ``<root>``), or on ``net`` when a LightningModule holds the ViT as ``self.net``; a block's
+    layer-scale ``gamma`` lives on the block. Owners are filtered by ``include``/``exclude`` like
+    modules (:func:`select_modules`).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> vit = nn.Module()
+        >>> vit.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        >>> vit.head = nn.Linear(4, 2)
+        >>> [(name, len(params)) for name, params in parameter_owners(vit, select_modules(vit))]
+        [('', 1)]
+    """
+    seen = {id(p) for _, module in modules for p in module.parameters()}
+    owners = []
+    for name, module in model.named_modules():
+        name = plain_name(name)
+        if (include and not _matches(name, include)) or (exclude and _matches(name, exclude)):
+            continue
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in own)
+        if own:
+            owners.append((name, own))
+    return owners
+
+
 def plain_name(name: str) -> str:
     """A module name without ``torch.compile``'s ``_orig_mod`` wrapper segments, so a compiled
     submodule logs the same tags as the eager one.
