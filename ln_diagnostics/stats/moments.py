@@ -95,7 +95,8 @@ def dense_values(x: Tensor) -> Tensor:
     one between its layers when it drops padded positions) is described by the elements of its
     components, without padding: they are returned as rows of the components' last dimension,
     ``(rows, features)``, or as one flat vector where that dimension is ragged or empty. Any other
-    tensor is returned as it is. No host sync: a nested tensor's component sizes live on the host.
+    tensor is returned as it is. No host sync, except for a jagged view whose values are not
+    contiguous (``torch.nested.narrow``), whose components are found from its device offsets.
 
     Example:
         >>> import torch
