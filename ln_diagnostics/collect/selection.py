@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -106,6 +106,11 @@ def _default_pick(module: nn.Module) -> bool:
     )
 
 
+def _rule(types: tuple[type, ...] | None) -> Callable[[nn.Module], bool]:
+    """Which modules are candidates before ``include`` and ``exclude``."""
+    return _default_pick if types is None else (lambda module: isinstance(module, types))
+
+
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     """True when ``name`` or one of its ancestors' names matches a glob: a glob that names a
     container stands for its whole subtree."""
@@ -130,13 +135,10 @@ def select_modules(
     modules); ``exclude`` then drops modules the same way.
     """
     picked = []
+    wanted = _rule(types)
     for name, module in model.named_modules():
         name = plain_name(name)
-        if types is not None:
-            wanted = isinstance(module, types)
-        else:
-            wanted = _default_pick(module)
-        if not wanted or (include and not _matches(name, include)):
+        if not wanted(module) or (include and not _matches(name, include)):
             continue
         if exclude and _matches(name, exclude):
             continue
@@ -215,8 +217,8 @@ def no_match_message(
     if types is not None:
         rule = "of the given types"
     named = [(plain_name(name), m) for name, m in model.named_modules() if name]
-    pick = (lambda m: isinstance(m, types)) if types is not None else _default_pick
-    candidates = [(name, m) for name, m in named if pick(m)]
+    wanted = _rule(types)
+    candidates = [(name, m) for name, m in named if wanted(m)]
     named_by_glob = [
         (name, m)
         for name, m in named
