@@ -3,7 +3,8 @@
 The covariate-shift and ICS probes run forward passes that training never asked for. To leave
 the training trajectory bit-for-bit unchanged they restore, afterwards, the random number
 generators (CPU and every initialised CUDA device) and every buffer of the model (BatchNorm
-running statistics and ``num_batches_tracked``, spectral-norm vectors, ...).
+running statistics and ``num_batches_tracked``, spectral-norm vectors, ...). A probe that runs
+a ``training_step`` also restores the attributes it may set (:func:`preserved_attributes`).
 
 Example:
     >>> import torch
@@ -16,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -78,6 +80,60 @@ def preserved_state(model: nn.Module, *, seed: int | None = None) -> Iterator[No
             for live, saved in buffers:
                 live.copy_(saved)
         rng.restore()
+
+
+def _snapshot(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, dict, set)):
+        return copy.copy(value)
+    return value
+
+
+def _restore(live: Any, saved: Any) -> Any:
+    """``saved`` put back into ``live`` in place where ``live`` is a container or a tensor of
+    the same layout (other references see the old contents again); otherwise ``saved``."""
+    if isinstance(live, Tensor) and isinstance(saved, Tensor):
+        if live.shape == saved.shape and live.dtype == saved.dtype:
+            with torch.no_grad():
+                live.copy_(saved)
+        return live
+    if isinstance(live, list) and isinstance(saved, list):
+        live[:] = saved
+    elif isinstance(live, (dict, set)) and type(live) is type(saved):
+        live.clear()
+        live.update(saved)  # type: ignore[arg-type]
+    return live
+
+
+@contextmanager
+def preserved_attributes(model: nn.Module) -> Iterator[None]:
+    """Run the block, then undo what it did to the attributes of ``model`` and its submodules.
+
+    For a ``training_step`` run as a probe: an attribute it rebinds (an LSTM's carried
+    ``self.hidden``) or adds is put back or removed; a list, dict or set it changes in place
+    (``self.outputs.append(loss)``) gets its contents back, and so does a tensor attribute that
+    is not a parameter or buffer. Objects deeper than that (a metric object's state) are not
+    restored.
+
+    Example:
+        >>> model = nn.Linear(2, 2)
+        >>> model.outputs = []
+        >>> with preserved_attributes(model):
+        ...     model.outputs.append(1.0)
+        ...     model.hidden = "set by the probe"
+        >>> model.outputs, hasattr(model, "hidden")
+        ([], False)
+    """
+    saved = [(vars(m), {k: (v, _snapshot(v)) for k, v in vars(m).items()}) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for attributes, before in saved:
+            for key in [k for k in attributes if k not in before]:
+                del attributes[key]
+            for key, (value, copied) in before.items():
+                attributes[key] = _restore(value, copied)
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
