@@ -46,7 +46,8 @@ class LayerDiagnostics(pl.Callback):
         probe_batch: the batch the shift probe runs on; default: the first training batch.
         probe_forward: ``(module, batch) -> output`` that runs the model on the probe batch;
             default ``module(batch)`` for a tensor, ``module(**batch)`` for a dict, and for a
-            tuple as many leading items as ``forward`` takes (``module(x)`` for ``(x, y)``).
+            tuple as many leading items as ``forward`` takes (``module(x)`` for ``(x, y)``); for
+            a module without ``forward``, its ``training_step`` with logging muted.
         ics_layers: globs of the module names ICS measures; default up to 4 evenly spaced
             watched layers with parameters, in forward order.
         ics_loss: ``(module, batch) -> loss`` for ICS; default: ``training_step``'s loss with
