@@ -83,27 +83,33 @@ def preserved_state(model: nn.Module, *, seed: int | None = None) -> Iterator[No
 
 
 def _snapshot(value: Any) -> Any:
+    """What :func:`_restore` needs to undo in-place changes of ``value``: a tensor's clone and
+    version counter, a container's shallow copy; nothing for other objects."""
     if isinstance(value, Tensor):
-        return value.detach().clone()
+        return value.detach().clone(), value._version
     if isinstance(value, (list, dict, set)):
         return copy.copy(value)
+    return None
+
+
+def _restore(value: Any, saved: Any) -> Any:
+    """``value`` with the contents :func:`_snapshot` saved put back in place, so that other
+    references to it see them too; a tensor is written only if it was changed in place (its
+    version counter moved) and replaced by its copy if its shape or dtype changed."""
+    if isinstance(value, Tensor):
+        clone, version = saved
+        if value._version == version:
+            return value
+        if value.shape != clone.shape or value.dtype != clone.dtype:
+            return clone
+        with torch.no_grad():
+            value.copy_(clone)
+    elif isinstance(value, list):
+        value[:] = saved
+    elif isinstance(value, (dict, set)):
+        value.clear()
+        value.update(saved)
     return value
-
-
-def _restore(live: Any, saved: Any) -> Any:
-    """``saved`` put back into ``live`` in place where ``live`` is a container or a tensor of
-    the same layout (other references see the old contents again); otherwise ``saved``."""
-    if isinstance(live, Tensor) and isinstance(saved, Tensor):
-        if live.shape == saved.shape and live.dtype == saved.dtype:
-            with torch.no_grad():
-                live.copy_(saved)
-        return live
-    if isinstance(live, list) and isinstance(saved, list):
-        live[:] = saved
-    elif isinstance(live, (dict, set)) and type(live) is type(saved):
-        live.clear()
-        live.update(saved)  # type: ignore[arg-type]
-    return live
 
 
 @contextmanager

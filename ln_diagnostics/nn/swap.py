@@ -323,7 +323,8 @@ def _kept_children(layer: _BatchNorm) -> dict[str, nn.Module] | str:
             f"it has children {others} besides {' and '.join(KEPT_CHILDREN)}, which a "
             "replacement would drop"
         )
-    return _same_behaviour(layer, children) or children
+    kept = {name: children[name] for name in KEPT_CHILDREN if name in children}
+    return _same_behaviour(layer, kept) or kept
 
 
 def _copy_param(dst: nn.Parameter | None, src: torch.Tensor | None) -> None:

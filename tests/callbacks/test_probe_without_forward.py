@@ -217,3 +217,25 @@ def test_a_failing_training_step_is_named_in_the_warning(make_trainer):
     assert len(ours) == 1
     assert "Picky has no forward(), so the probe ran its training_step" in ours[0]
     assert "KeyError" in ours[0] and "probe_forward" in ours[0]
+
+
+def test_attributes_a_training_step_sets_are_put_back_in_place():
+    from ln_diagnostics.collect.probing import preserved_attributes
+
+    model = NoForward()
+    outputs, seen, count = [1.0], {"a": 1}, torch.zeros(2)
+    model.outputs, model.net[0].seen, model.count, model.hidden = outputs, seen, count, None
+    untouched = torch.ones(3)
+    model.untouched = untouched
+    version = untouched._version
+    with preserved_attributes(model):
+        model.outputs.append(2.0)
+        model.net[0].seen["b"] = 2
+        model.count += 1  # in place
+        model.hidden = torch.ones(1)
+        model.added = "new"
+    assert model.outputs is outputs and outputs == [1.0]
+    assert model.net[0].seen is seen and seen == {"a": 1}
+    assert model.count is count and count.tolist() == [0.0, 0.0]
+    assert model.hidden is None and not hasattr(model, "added")
+    assert model.untouched is untouched and untouched._version == version  # not rewritten
