@@ -26,8 +26,9 @@ def padded_batch():
     return x, pad
 
 
-class FrozenEncoder(LightningModule):
-    """A frozen encoder (eval mode, no grad: PyTorch's nested-tensor fast path) and a head."""
+class FrozenEncoderWithoutForward(LightningModule):
+    """A frozen encoder (eval mode, no grad: PyTorch's nested-tensor fast path) and a head;
+    ``training_step`` is the only way in (the shift probe runs it)."""
 
     def __init__(self):
         super().__init__()
@@ -36,7 +37,7 @@ class FrozenEncoder(LightningModule):
         self.encoder.requires_grad_(False)
         self.head = nn.Linear(16, 1)
 
-    def forward(self, x, pad):
+    def predict(self, x, pad):
         self.encoder.eval()
         with torch.no_grad():
             h = self.encoder(x, src_key_padding_mask=pad)
@@ -44,13 +45,20 @@ class FrozenEncoder(LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, pad = batch
-        return self(x, pad).square().mean()
+        return self.predict(x, pad).square().mean()
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.head.parameters(), lr=0.1)
 
     def train_dataloader(self):
         return DataLoader(TensorDataset(*padded_batch()), batch_size=len(LENGTHS))
+
+
+class FrozenEncoder(FrozenEncoderWithoutForward):
+    """The same with a ``forward`` (the shift probe calls it)."""
+
+    def forward(self, x, pad):
+        return self.predict(x, pad)
 
 
 def reference_outputs(encoder):
@@ -72,9 +80,10 @@ def reference_outputs(encoder):
     return {name: torch.cat(parts) for name, parts in outputs.items()}
 
 
-def test_nested_encoder_statistics_exclude_padding_with_default_options(make_trainer, events):
+@pytest.mark.parametrize("make", [FrozenEncoder, FrozenEncoderWithoutForward])
+def test_nested_encoder_statistics_exclude_padding_with_default_options(make_trainer, events, make):
     seed_everything(0)
-    model = FrozenEncoder()
+    model = make()
     reference = reference_outputs(model.encoder)
     diag = LayerDiagnostics()
     trainer = make_trainer([diag], max_steps=2)
