@@ -22,14 +22,14 @@ Example:
 from __future__ import annotations
 
 import errno
-import io
 import os
+import re
 import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 import google_crc32c
 from tensorboard.compat.proto.event_pb2 import Event
@@ -111,7 +111,7 @@ def _why(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def _open_event_file(path: Path) -> io.FileIO:
+def _open_event_file(path: Path) -> BinaryIO:
     try:
         status = os.stat(path)
     except OSError as error:
@@ -123,7 +123,7 @@ def _open_event_file(path: Path) -> io.FileIO:
             "expected an event file written by TensorBoard"
         )
     try:
-        return io.FileIO(path, "r")  # closed by the caller
+        return open(path, "rb", buffering=0)  # closed by the caller
     except OSError as error:
         raise LogDirError(f"cannot read event file '{_text(path)}': {_why(error)}") from None
 
@@ -161,7 +161,7 @@ class EventFileRecords:
                     f"cannot read event file '{_text(self.path)}': {_why(error)}"
                 ) from None
 
-    def _frames(self, file: io.FileIO, size: int) -> Iterator[bytes]:
+    def _frames(self, file: BinaryIO, size: int) -> Iterator[bytes]:
         buffer, pos, base = b"", 0, 0  # base: file offset of buffer[0]
         while True:
             if len(buffer) - pos < _HEADER.size:
@@ -306,11 +306,22 @@ def _walk(directory: Path, ancestors: tuple[tuple[int, int], ...], runs: list[Pa
         runs.append(directory)
 
 
+def _natural(name: str) -> list[str | int]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def event_files(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """The event files directly in ``run_dir``, in name (= creation time) order."""
+    """The event files directly in ``run_dir`` in creation order.
+
+    TensorBoard names them ``events.out.tfevents.{seconds}.{host}.{pid}.{counter}``; sorting the
+    numbers as numbers keeps two files of one second in the order their counter gives.
+    """
     directory = Path(run_dir)
     try:
-        names = sorted(name for name in os.listdir(directory) if name.startswith(EVENT_FILE_PREFIX))
+        names = sorted(
+            (name for name in os.listdir(directory) if name.startswith(EVENT_FILE_PREFIX)),
+            key=_natural,
+        )
     except OSError as error:
         raise LogDirError(f"cannot read directory '{_text(directory)}': {_why(error)}") from None
     return [directory / name for name in names]

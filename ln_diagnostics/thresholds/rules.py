@@ -223,8 +223,8 @@ def load_rules(path: str | os.PathLike[str]) -> tuple[Rule, ...]:
         The rules, in file order.
 
     Raises:
-        RuleError: the file is missing, over 1 MiB, not valid TOML (the message gives line and column),
-            has keys other than ``rule``, or a rule is invalid.
+        RuleError: the file is missing, over 1 MiB, not valid TOML (the message gives line and
+            column), has keys other than ``rule``, or a rule is invalid.
 
     Example:
         >>> import tempfile, pathlib
