@@ -1,0 +1,34 @@
+"""The log-reader benchmark runs end to end on a tiny log, and its log is a real TensorBoard log."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "log_reader.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("ln_diagnostics_log_reader_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_measures_every_tool(tmp_path, capsys):
+    bench = _load()
+    (row,) = bench.main(["--layers", "2", "--steps", "30", "--workdir", str(tmp_path)])
+    assert row["points"] == 2 * 8 * 30
+    assert set(row["tools"]) == {"check", "compare", "summary", "EventAccumulator"}
+    for entry in row["tools"].values():
+        assert math.isfinite(entry["seconds"]) and entry["seconds"] > 0
+        assert 1 < entry["peak_mb"] < 2000
+    out = capsys.readouterr().out
+    assert "| points | file MB | check s / MB | compare s / MB" in out
+
+    accumulator = EventAccumulator(str(tmp_path / "log_2x8x30"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    tags = accumulator.Tags()["scalars"]
+    assert len(tags) == 16
+    assert all([e.step for e in accumulator.Scalars(t)] == list(range(30)) for t in tags)
