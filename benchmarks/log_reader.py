@@ -14,8 +14,10 @@ Usage::
     python benchmarks/log_reader.py                      # 0.8 M and 8 M points (50, 500 layers)
     python benchmarks/log_reader.py --layers 50 --steps 200 --json out.json
 
-Peak memory is the child's ``ru_maxrss`` from ``os.wait4``, so every number belongs to one
-process. Logs are written once into ``--workdir`` and reused.
+Peak memory is the child's ``ru_maxrss`` and CPU time its ``ru_utime + ru_stime``, from
+``os.wait4``, so every number belongs to one process; CPU seconds stay meaningful on a machine
+shared with other work, where wall seconds do not. Logs are written once into ``--workdir``
+and reused.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def write_log(directory: Path, layers: int, steps: int, *, seed: int = 0) -> Pat
 
 
 def measure(command: list[str]) -> dict[str, Any]:
-    """Run ``command``; its wall seconds, peak RSS in MB and exit code."""
+    """Run ``command``; its wall and CPU seconds and its peak RSS in MB (it must exit 0)."""
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
@@ -104,7 +106,11 @@ def measure(command: list[str]) -> dict[str, Any]:
             raise RuntimeError(
                 f"{' '.join(command)} exited {process.returncode}: {errors.read()[-2000:]!r}"
             )
-    return {"seconds": round(seconds, 2), "peak_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_mb": round(usage.ru_maxrss / 1024, 1),
+    }
 
 
 def run(layers: int, steps: int, workdir: Path, tensorboard: bool) -> dict[str, Any]:
@@ -133,15 +139,17 @@ def run(layers: int, steps: int, workdir: Path, tensorboard: bool) -> dict[str, 
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: one row per size, seconds / peak MB per tool."""
+    """Markdown table: one row per size, wall seconds (CPU seconds) / peak MB per tool."""
     tools = list(rows[0]["tools"])
     lines = [
-        "| points | file MB | " + " | ".join(f"{t} s / MB" for t in tools) + " |",
+        "| points | file MB | " + " | ".join(f"{t} s (CPU s) / MB" for t in tools) + " |",
         "|---|---|" + "---|" * len(tools),
     ]
     for row in rows:
         cells = [
-            f"{row['tools'][t]['seconds']:.1f} / {row['tools'][t]['peak_mb']:.0f}" for t in tools
+            f"{row['tools'][t]['seconds']:.1f} ({row['tools'][t]['cpu_seconds']:.1f}) / "
+            f"{row['tools'][t]['peak_mb']:.0f}"
+            for t in tools
         ]
         lines.append(
             f"| {row['points'] / 1e6:g} M | {row['file_mb']:g} | " + " | ".join(cells) + " |"

@@ -25,7 +25,7 @@ def test_tiny_run_measures_every_tool(tmp_path, capsys):
         assert math.isfinite(entry["seconds"]) and entry["seconds"] > 0
         assert 1 < entry["peak_mb"] < 2000
     out = capsys.readouterr().out
-    assert "| points | file MB | check s / MB | compare s / MB" in out
+    assert "| points | file MB | check s (CPU s) / MB | compare s (CPU s) / MB" in out
 
     accumulator = EventAccumulator(str(tmp_path / "log_2x8x30"), size_guidance={"scalars": 0})
     accumulator.Reload()

@@ -347,7 +347,7 @@ class RunScan:
 @dataclass
 class _FileSpan:
     path: Path
-    first: int | None = None
+    first: int | None = None  # lowest and highest step of the file's summaries
     last: int | None = None
     tags: set[str] = field(default_factory=set)
 
@@ -425,10 +425,10 @@ def _refuse_overlap(run_dir: Path, spans: list[_FileSpan]) -> None:
     """Raise when two files of one directory log one tag at overlapping steps."""
     for index, early in enumerate(spans):
         for late in spans[index + 1 :]:
-            if early.first is None or late.first is None or early.last is None:
-                continue
+            if None in (early.first, early.last, late.first, late.last):
+                continue  # a file without summaries overlaps nothing
             shared = early.tags & late.tags
-            if shared and late.first <= early.last and early.first <= (late.last or late.first):
+            if shared and late.first <= early.last and early.first <= late.last:  # type: ignore[operator]
                 raise LogDirError(
                     f"'{_text(run_dir)}' holds event files whose steps overlap: "
                     f"'{early.path.name}' (steps {early.first}-{early.last}) and "

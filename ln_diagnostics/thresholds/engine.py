@@ -158,7 +158,7 @@ class SeriesFold:
 
     Args:
         after_step: points at a lower step are not counted (only their last step is kept, for
-            messages).
+            messages); by default every point counts.
 
     Example:
         >>> fold = SeriesFold()
@@ -184,7 +184,7 @@ class SeriesFold:
         "total",
     )
 
-    def __init__(self, after_step: int = 0) -> None:
+    def __init__(self, after_step: int = _BEFORE_ANY) -> None:
         self.after_step = after_step
         self.count = self.nans = 0
         self.total = 0.0
