@@ -298,9 +298,9 @@ def test_a_run_resumed_into_its_directory_without_overlap_is_one_series(tmp_path
 def test_a_huge_threshold_file_is_exit_2(tmp_path, rules, capsys):
     _write(tmp_path / "logs", _healthy())
     big = tmp_path / "big.toml"
-    big.write_text(RULE + "#" * (2 << 20) + "\n")
+    big.write_text(RULE + "#" * (16 << 20) + "\n")
     assert _check(tmp_path / "logs", big) == 2
-    assert f"threshold file '{big}' is larger than 1 MiB" in _one_error(capsys)
+    assert f"threshold file '{big}' is larger than 16 MiB" in _one_error(capsys)
 
 
 def test_dev_zero_as_threshold_file_is_exit_2_not_a_memory_error(tmp_path):
@@ -317,6 +317,6 @@ def test_dev_zero_as_threshold_file_is_exit_2_not_a_memory_error(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-500:]
     assert result.stderr == (
-        "ln-diagnostics check: error: threshold file '/dev/zero' is larger than 1 MiB; "
+        "ln-diagnostics check: error: threshold file '/dev/zero' is larger than 16 MiB; "
         "expected a TOML file of [[rule]] tables (is it the right path?)\n"
     )

@@ -39,7 +39,7 @@ except ModuleNotFoundError:  # Python 3.10
 Over = Literal["all", "last", "mean", "max", "min"]
 OVER_CHOICES: tuple[str, ...] = ("all", "last", "mean", "max", "min")
 RULE_KEYS: tuple[str, ...] = ("name", "tag", "min", "max", "over", "after_step", "optional")
-MAX_RULE_FILE_BYTES = 1 << 20  # a threshold file is text a person wrote: 1 MiB is plenty
+MAX_RULE_FILE_BYTES = 16 << 20  # ~300k rules: room for generated files, not for /dev/zero
 _RULE_HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
 
 
@@ -223,7 +223,7 @@ def load_rules(path: str | os.PathLike[str]) -> tuple[Rule, ...]:
         The rules, in file order.
 
     Raises:
-        RuleError: the file is missing, over 1 MiB, not valid TOML (the message gives line and
+        RuleError: the file is missing, over 16 MiB, not valid TOML (the message gives line and
             column), has keys other than ``rule``, or a rule is invalid.
 
     Example:
