@@ -1,7 +1,7 @@
 """The log-reader benchmark runs end to end on a tiny log, and its log is a real TensorBoard log."""
 
-import importlib.util
 import math
+import runpy
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -9,20 +9,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "log_reader.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("ln_diagnostics_log_reader_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tiny_run_measures_every_tool(tmp_path, capsys):
-    bench = _load()
-    (row,) = bench.main(["--layers", "2", "--steps", "30", "--workdir", str(tmp_path)])
+    bench_main = runpy.run_path(str(BENCHMARK))["main"]
+    (row,) = bench_main(["--layers", "2", "--steps", "30", "--workdir", str(tmp_path)])
     assert row["points"] == 2 * 8 * 30
     assert set(row["tools"]) == {"check", "compare", "summary", "EventAccumulator"}
     for entry in row["tools"].values():
         assert math.isfinite(entry["seconds"]) and entry["seconds"] > 0
+        assert 0 < entry["cpu_seconds"]
         assert 1 < entry["peak_mb"] < 2000
     out = capsys.readouterr().out
     assert "| points | file MB | check s (CPU s) / MB | compare s (CPU s) / MB" in out
