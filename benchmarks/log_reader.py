@@ -14,6 +14,9 @@ Usage::
     python benchmarks/log_reader.py                      # 0.8 M and 8 M points (50, 500 layers)
     python benchmarks/log_reader.py --layers 50 --steps 200 --json out.json
 
+It also times ``check`` with ``--rules`` exact-tag rules (16,000 by default) to show that the
+cost is linear in the number of rules.
+
 Peak memory is the child's ``ru_maxrss`` and CPU time its ``ru_utime + ru_stime``, from
 ``os.wait4``, so every number belongs to one process; CPU seconds stay meaningful on a machine
 shared with other work, where wall seconds do not. Logs are written once into ``--workdir``
@@ -70,12 +73,12 @@ TENSORBOARD = (
 )
 
 
-def write_log(directory: Path, layers: int, steps: int, *, seed: int = 0) -> Path:
-    """A run of ``layers × 8 × steps`` scalars, one Summary proto per step; returns the file."""
+def write_log(directory: Path, layers: int, steps: int, *, stats: tuple[str, ...] = STATS) -> Path:
+    """A run of ``layers × len(stats) × steps`` scalars, one Summary proto per step."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "events.out.tfevents.1700000000.bench.1.0"
-    tags = [tag(ACTIVATIONS, stat, f"net.{layer}") for layer in range(layers) for stat in STATS]
-    rng = np.random.default_rng(seed)
+    tags = [tag(ACTIVATIONS, stat, f"net.{layer}") for layer in range(layers) for stat in stats]
+    rng = np.random.default_rng(0)
     with open(path, "wb") as file:
         file.write(frame(Event(wall_time=1.7e9, file_version="brain.Event:2").SerializeToString()))
         for step in range(steps):
@@ -138,6 +141,22 @@ def run(layers: int, steps: int, workdir: Path, tensorboard: bool) -> dict[str, 
     }
 
 
+def many_rules(count: int, workdir: Path) -> dict[str, Any]:
+    """``check`` with ``count`` exact-tag rules on a log of ``count`` tags × 3 steps."""
+    logdir = workdir / f"rules_{count}"
+    if not logdir.exists():
+        write_log(logdir, count, 3, stats=("std",))
+    rules = workdir / f"rules_{count}.toml"
+    rules.write_text(
+        "".join(
+            f'[[rule]]\ntag = "{tag(ACTIVATIONS, "std", f"net.{n}")}"\nmax = 1.0\n'
+            for n in range(count)
+        )
+    )
+    command = [sys.executable, "-m", "ln_diagnostics", "check", str(logdir), "--thresholds"]
+    return {"rules": count, **measure([*command, str(rules), "--json", str(workdir / "r.json")])}
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one row per size, wall seconds (CPU seconds) / peak MB per tool."""
     tools = list(rows[0]["tools"])
@@ -157,13 +176,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; print the table; return the measurements."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default="50,500", help="comma-separated layer counts")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--workdir", type=Path, help="where logs are written (default: a temp dir)")
     parser.add_argument("--no-tensorboard", action="store_true", help="skip EventAccumulator")
+    parser.add_argument("--rules", type=int, default=16000, help="rule count of the rules run")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ln_diagnostics_log_reader_"))
@@ -173,9 +193,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ]
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}")
     print(table(rows))
+    rules = many_rules(args.rules, workdir)
+    print(
+        f"check, {rules['rules']} exact-tag rules on {rules['rules']} tags x 3 steps (JSON "
+        f"report on): {rules['seconds']:.1f} s ({rules['cpu_seconds']:.1f} s CPU) / "
+        f"{rules['peak_mb']:.0f} MB"
+    )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    return rows
+        args.json.write_text(json.dumps({"sizes": rows, "rules": rules}, indent=2) + "\n")
+    return {"sizes": rows, "rules": rules}
 
 
 if __name__ == "__main__":
