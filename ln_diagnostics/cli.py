@@ -26,7 +26,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ln_diagnostics.diagnose import severity_rank
 from ln_diagnostics.tags import HEALTH, parse_tag
+from ln_diagnostics.tensorboard.diagnosis import (
+    diagnose_logdir,
+    finding_results,
+    logdir_json,
+    logdir_report,
+)
 from ln_diagnostics.tensorboard.reader import LogDirError, RunScalars, read_scalars
 from ln_diagnostics.thresholds.engine import (
     RuleResult,
@@ -100,6 +107,7 @@ def _check(args: argparse.Namespace) -> int:
     results = [
         (run, result) for run, evaluation in evaluations.items() for result in evaluation.results
     ]
+    results.extend(finding_results(rules, args.logdir))
     results.sort(key=lambda item: rules.index(item[1].rule))
     print(
         _table(
@@ -398,9 +406,6 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from ln_diagnostics.diagnose import severity_rank
-    from ln_diagnostics.tensorboard.diagnosis import diagnose_logdir, logdir_json, logdir_report
-
     results = diagnose_logdir(args.logdir)
     print(logdir_report(results))
     if args.json:

@@ -37,10 +37,13 @@ from ln_diagnostics.diagnose import (
 )
 from ln_diagnostics.tags import DIAGNOSIS_TEXT_TAG, LAYERS_TEXT_TAG
 from ln_diagnostics.tensorboard.reader import EVENT_FILE_GLOB, LogDirError, read_scalars
+from ln_diagnostics.thresholds.findings import evaluate_findings
+from ln_diagnostics.thresholds.rules import Rule
 
 __all__ = [
     "RunDiagnosis",
     "diagnose_logdir",
+    "finding_results",
     "findings_markdown",
     "logdir_json",
     "logdir_report",
@@ -159,3 +162,14 @@ def logdir_json(results: dict[str, RunDiagnosis]) -> dict[str, Any]:
             for run, result in results.items()
         ]
     }
+
+
+def finding_results(rules: Sequence[Rule], logdir: str | os.PathLike[str]) -> list[tuple[str, Any]]:
+    """``(run, RuleResult)`` of the ``finding`` rules on every run's diagnosis (none: ``[]``)."""
+    if not any(rule.finding for rule in rules):
+        return []
+    return [
+        (run, result)
+        for run, diagnosis in diagnose_logdir(logdir).items()
+        for result in evaluate_findings(rules, diagnosis.findings)
+    ]

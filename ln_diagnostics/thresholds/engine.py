@@ -208,6 +208,8 @@ def evaluate(rules: Iterable[Rule], series_by_tag: Mapping[str, Series]) -> Eval
     results: list[RuleResult] = []
     unmatched: list[Rule] = []
     for rule in rules:
+        if rule.finding:
+            continue  # judged on the diagnosis (thresholds.findings), not on a tag
         selected = select(rule, series_by_tag)
         if not selected:
             unmatched.append(rule)
