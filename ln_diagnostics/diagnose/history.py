@@ -1,6 +1,8 @@
 """A bounded host-side history of the logged scalars the diagnosis rules read.
 
-Only the tags the rules read are kept (:func:`relevant`), as compact arrays (16 bytes a point).
+Only the tags the rules read are kept (:func:`relevant`), as compact arrays (12 bytes a point).
+Values are kept in float32, the precision TensorBoard's event files store scalars in, so the
+callback diagnoses exactly the numbers ``ln-diagnostics diagnose`` reads back.
 Every logging step whose report holds such a tag is one *entry*; when ``max_entries`` entries are
 kept, every other one is dropped and from then on only every 2nd (then 4th, ...) entry is kept, so
 a run of any length costs at most ``max_entries`` points per tag and the history always spans the
@@ -101,7 +103,7 @@ class History:
         for name, value in points:
             entry = self._series.get(name)
             if entry is None:
-                entry = self._series[name] = (array("q"), array("d"))
+                entry = self._series[name] = (array("q"), array("f"))
             entry[0].append(index)
             entry[1].append(float(value))
         if len(self._kept) >= self.max_entries:
@@ -122,7 +124,7 @@ class History:
             pairs = [(i, v) for i, v in zip(indices, values, strict=True) if i % keep == 0]
             self._series[name] = (
                 array("q", (i for i, _ in pairs)),
-                array("d", (v for _, v in pairs)),
+                array("f", (v for _, v in pairs)),
             )
 
     def series(self) -> dict[str, list[tuple[int, float]]]:
