@@ -182,6 +182,8 @@ def _per_layer(
                 describe(name, value, step),
                 {
                     "tag": tag(group, stat, name),
+                    "first_layer": block[0],
+                    "last_layer": block[-1],
                     "worst_layer": name,
                     "worst_step": step,
                     "worst_value": value,
@@ -273,12 +275,12 @@ def _depth(run: _Run, t: Thresholds) -> tuple[list[Finding], set[int]]:
 
 
 def _blocks(run: _Run, stack: Sequence[str]) -> dict[tuple[str, str, str], dict[int, str]]:
-    """Repeated blocks: layers ``<prefix>.<i>[.<rest>]`` of one type, keyed by role."""
+    """Repeated blocks: sub-layers ``<prefix>.<i>.<rest>`` of one type, keyed by role."""
     roles: dict[tuple[str, str, str], dict[int, str]] = {}
     for name in stack:
         parts = name.split(".")
-        digits = [k for k, part in enumerate(parts) if part.isdigit()]
-        if not digits:
+        digits = [k for k, part in enumerate(parts[:-1]) if part.isdigit()]
+        if not digits:  # a plain stack (net.3) is the depth rule's: blocks have sub-layers
             continue
         k = digits[-1]
         role = (".".join(parts[:k]), ".".join(parts[k + 1 :]), run.types.get(name, ""))
@@ -310,7 +312,7 @@ def _growth(run: _Run, t: Thresholds, depth_steps: set[int]) -> list[Finding]:
         return []
     step, median, growths = max(hits, key=lambda h: h[1])
     growth, (prefix, rest, _), lo, hi = max(growths)
-    pattern = f"{prefix}.*" + (f".{rest}" if rest else "")
+    pattern = f"{prefix}.*.{rest}"
     return [
         Finding(
             "gradient_growth",
@@ -366,8 +368,7 @@ def _activations(run: _Run, t: Thresholds) -> list[Finding]:
             f"{v:.1%} of {n}'s outputs are saturated at step {s} (bound {t.saturated_frac:g})"
         ),
     )
-    dead_layers = {f.evidence["worst_layer"] for f in dead}
-    dead_layers |= {n for n in relus for f in dead if n in _members(f, relus)}
+    dead_layers = {n for f in dead for n in _members(f, relus)}
     rms = run.stat(ACTIVATIONS, "rms")
     candidates = [n for n in run.with_stat(ACTIVATIONS, "std") if n not in dead_layers]
     collapsed = _per_layer(
@@ -388,12 +389,9 @@ def _activations(run: _Run, t: Thresholds) -> list[Finding]:
 
 
 def _members(finding: Finding, candidates: Sequence[str]) -> list[str]:
-    """The candidate layers a range finding covers."""
-    names = finding.layer.split(" … ")
-    if len(names) == 1:
-        return names
-    first, last = names[0], names[1].rsplit(" (", 1)[0]
-    return list(candidates[candidates.index(first) : candidates.index(last) + 1])
+    """The candidate layers a per-layer finding covers."""
+    first = candidates.index(finding.evidence["first_layer"])
+    return list(candidates[first : candidates.index(finding.evidence["last_layer"]) + 1])
 
 
 def _nonfinite(run: _Run) -> list[Finding]:

@@ -22,7 +22,8 @@ class Thresholds:
             hidden stack is at least this many decades (powers of ten) below the output end
             (``log10(first / last) <= -vanishing_decades``).
         exploding_decades: ``exploding_gradients`` when it is at least this many decades above.
-        growth_decades: ``gradient_growth`` when, across repeated blocks (``layers.<i>.…``),
+        growth_decades: ``gradient_growth`` when, across repeated blocks of sub-layers
+            (``<prefix>.<i>.<sub-layer>``, e.g. ``encoder.layers.3.linear2``),
             the median over the blocks' sub-layers of ``log10(norm in the last block / norm in
             the first)`` is at least this (Post-LN transformers, Xiong et al. 2020).
         growth_min_blocks: repeated blocks needed before ``gradient_growth`` is judged.

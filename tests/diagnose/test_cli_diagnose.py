@@ -36,9 +36,7 @@ def logdir(tmp_path):
     return tmp_path / "runs"
 
 
-@pytest.mark.parametrize(
-    ("fail_on", "code"), [(None, 0), ("error", 1), ("warning", 1)]
-)
+@pytest.mark.parametrize(("fail_on", "code"), [(None, 0), ("error", 1), ("warning", 1)])
 def test_exit_codes(logdir, capsys, fail_on, code):
     argv = ["diagnose", str(logdir)] + (["--fail-on", fail_on] if fail_on else [])
     assert main(argv) == code
@@ -78,8 +76,10 @@ def test_without_the_record_the_tag_order_is_used(tmp_path, capsys):
         (lambda p: None, "log directory '{p}/missing' does not exist"),
         (lambda p: (p / "missing").mkdir(), "no TensorBoard event files"),
         (
-            lambda p: ((p / "missing").mkdir(),
-                       (p / "missing" / "events.out.tfevents.1").write_bytes(b"garbage" * 10)),
+            lambda p: (
+                (p / "missing").mkdir(),
+                (p / "missing" / "events.out.tfevents.1").write_bytes(b"garbage" * 10),
+            ),
             "cannot read event file '{p}/missing/events.out.tfevents.1'",
         ),
     ],

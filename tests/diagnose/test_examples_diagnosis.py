@@ -64,8 +64,11 @@ def stack_ratio(run_dir, step=0):
 @pytest.mark.parametrize("layernorm", [False, True])
 def test_demo_16_layer_tanh_mlp(make_trainer, events, layernorm):
     seed_everything(0, verbose=False)
-    cb, run = fit(make_trainer, demo.DeepMLP(layernorm=layernorm),
-                  DataLoader(demo.spirals(512), batch_size=64))
+    cb, run = fit(
+        make_trainer,
+        demo.DeepMLP(layernorm=layernorm),
+        DataLoader(demo.spirals(512), batch_size=64),
+    )
     found = same_as_cli(cb, run, events)
     ratio, hidden = stack_ratio(run)
     if layernorm:
@@ -83,8 +86,9 @@ def test_demo_16_layer_tanh_mlp(make_trainer, events, layernorm):
 def test_deep_mlp_50_layer_tanh(make_trainer, events, norm):
     seed_everything(0, verbose=False)
     train, _ = deep_mlp.digits()
-    cb, run = fit(make_trainer, deep_mlp.DeepMLP(norm=norm), DataLoader(train, batch_size=64),
-                  steps=1)
+    cb, run = fit(
+        make_trainer, deep_mlp.DeepMLP(norm=norm), DataLoader(train, batch_size=64), steps=1
+    )
     found = same_as_cli(cb, run, events)
     ratio, hidden = stack_ratio(run)
     if norm == "layernorm":
@@ -108,14 +112,16 @@ def test_relu_with_a_large_negative_bias_has_dead_units(make_trainer, events):
     dead = found["dead_units"]
     assert (dead.layer, dead.first_step, dead.value) == ("net.3", 0, 1.0)
     assert [f.layer for f in cb.diagnose() if f.kind == "dead_units"] == ["net.3"]
+    assert "collapsed_activations" not in found
 
 
 @pytest.mark.parametrize(("batch", "fires"), [(2, True), (8, False)])
 def test_batchnorm_at_a_small_batch(make_trainer, events, batch, fires):
     seed_everything(0, verbose=False)
     train, _ = small_batch.digit_images()
-    cb, run = fit(make_trainer, small_batch.DigitCNN(),
-                  DataLoader(train, batch_size=batch, drop_last=True))
+    cb, run = fit(
+        make_trainer, small_batch.DigitCNN(), DataLoader(train, batch_size=batch, drop_last=True)
+    )
     found = same_as_cli(cb, run, events)
     assert ("batchnorm_small_batch" in found) == fires
     if fires:
@@ -128,8 +134,12 @@ def test_batchnorm_at_a_small_batch(make_trainer, events, batch, fires):
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_transformer_24_layers_post_ln_grows_toward_the_output(make_trainer, events, norm_first):
     seed_everything(0, verbose=False)
-    cb, run = fit(make_trainer, transformer_depth.Encoder(24, norm_first),
-                  DataLoader(transformer_depth.reversal(64), batch_size=32), steps=1)
+    cb, run = fit(
+        make_trainer,
+        transformer_depth.Encoder(24, norm_first),
+        DataLoader(transformer_depth.reversal(64), batch_size=32),
+        steps=1,
+    )
     found = same_as_cli(cb, run, events)
     scalars = read_run(run)
     first, last = (dict(scalars[f"backprop/norm/encoder.layers.{i}.linear2"])[0] for i in (0, 23))
@@ -147,13 +157,27 @@ def test_cli_train_lr_50_names_the_first_nonfinite_module(tmp_path, capsys):
     logdir = tmp_path / "ci"
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "cli_train.py"), "--steps", "60", "--lr", "50",
-         "--logdir", str(logdir)],
-        check=True, env=env, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "cli_train.py"),
+            "--steps",
+            "60",
+            "--lr",
+            "50",
+            "--logdir",
+            str(logdir),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
     )
     scalars = read_run(logdir)
-    counts = {t.split("/", 2)[2]: dict(p) for t, p in scalars.items()
-              if t.startswith("activations/nonfinite/")}  # keys in forward order
+    counts = {
+        t.split("/", 2)[2]: dict(p)
+        for t, p in scalars.items()
+        if t.startswith("activations/nonfinite/")
+    }  # keys in forward order
     step = min(s for c in counts.values() for s, v in c.items() if v > 0)
     first = next(name for name, c in counts.items() if c.get(step, 0) > 0)
     (result,) = diagnose_logdir(logdir).values()
@@ -167,11 +191,16 @@ def test_finding_rule_fails_the_fit_at_its_end(make_trainer):
     seed_everything(0, verbose=False)
     rule = DiagnosticThresholds([{"finding": "vanishing_gradients"}])
     with pytest.raises(ThresholdViolation, match="vanishing_gradients"):
-        fit(make_trainer, demo.DeepMLP(), DataLoader(demo.spirals(256), batch_size=64),
-            callbacks=[rule])
+        fit(
+            make_trainer,
+            demo.DeepMLP(),
+            DataLoader(demo.spirals(256), batch_size=64),
+            callbacks=[rule],
+        )
     late = DiagnosticThresholds([{"finding": "*", "after_step": 100}])
-    fit(make_trainer, demo.DeepMLP(), DataLoader(demo.spirals(256), batch_size=64),
-        callbacks=[late])
+    fit(
+        make_trainer, demo.DeepMLP(), DataLoader(demo.spirals(256), batch_size=64), callbacks=[late]
+    )
 
 
 def test_diagnosis_false_writes_and_keeps_nothing(make_trainer, events, capsys):

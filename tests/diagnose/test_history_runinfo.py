@@ -51,8 +51,13 @@ def test_history_bad_bound():
 def test_runinfo_round_trip_and_fallback():
     info = RunInfo((LayerInfo("net.0", "Linear", True), LayerInfo("net.1", "ReLU", False)), 2)
     assert RunInfo.from_json(info.to_json()) == info
-    tags = ["activations/std/net.0", "activations/std/net.1", "parameters/norm/net.0",
-            "val/parameters/norm/net.1", "health/grad_norm_total"]
+    tags = [
+        "activations/std/net.0",
+        "activations/std/net.1",
+        "parameters/norm/net.0",
+        "val/parameters/norm/net.1",
+        "health/grad_norm_total",
+    ]
     assert RunInfo.from_tags(tags) == RunInfo(
         (LayerInfo("net.0", "", True), LayerInfo("net.1", "", False)), None, "tag order"
     )

@@ -22,8 +22,9 @@ STACK = ["in", "h0", "h1", "h2", "h3", "out"]
 def info(types=None, batch=None, names=STACK):
     types = types or {}
     return RunInfo(
-        tuple(LayerInfo(n, types.get(n, "Linear"), types.get(n, "Linear") == "Linear")
-              for n in names),
+        tuple(
+            LayerInfo(n, types.get(n, "Linear"), types.get(n, "Linear") == "Linear") for n in names
+        ),
         batch,
     )
 
@@ -61,17 +62,15 @@ CASES = [
     ),
     (
         "vanishing over a step range is one finding",
-        {
-            k: v + depth(0.0, (20,))[k]
-            for k, v in depth(-3.0, (0, 10)).items()
-        },
+        {k: v + depth(0.0, (20,))[k] for k, v in depth(-3.0, (0, 10)).items()},
         info(),
         [("vanishing_gradients", "h0 … h1 (2 layers)", 0, 10)],
     ),
     (
         "embedding and head are not in the stack",
-        per_layer("backprop/norm", {"in": 1e-9, "h0": 1.0, "h1": 1.0, "h2": 1.0, "h3": 1.0,
-                                    "out": 1e3}),
+        per_layer(
+            "backprop/norm", {"in": 1e-9, "h0": 1.0, "h1": 1.0, "h2": 1.0, "h3": 1.0, "out": 1e3}
+        ),
         info(),
         [],
     ),
@@ -88,6 +87,12 @@ CASES = [
         [],
     ),
     (
+        "a plain stack has no blocks",
+        per_layer("backprop/norm", {f"net.{i}": 10 ** (0.1 * i) for i in range(1, 6)}),
+        info(names=[f"net.{i}" for i in range(7)]),
+        [],
+    ),
+    (
         "growth needs 4 blocks",
         per_layer("backprop/norm", {f"enc.{i}.ff": 10 ** (0.5 * i) for i in range(3)}),
         info(names=["in", "x", *[f"enc.{i}.ff" for i in range(3)], "out"]),
@@ -100,8 +105,22 @@ CASES = [
         info(RELU),
         [("dead_units", "h1", 0, 0)],
     ),
-    ("zeros of a non-ReLU are not dead", per_layer("activations/zero_frac", {"h2": 1.0}),
-     info(RELU), []),
+    (
+        "a dead layer is not also reported collapsed",
+        {
+            **per_layer("activations/zero_frac", {"h1": 1.0}),
+            **per_layer("activations/std", {"h1": 0.0}),
+            **per_layer("activations/rms", {"h1": 0.0}),
+        },
+        info(RELU),
+        [("dead_units", "h1", 0, 0)],
+    ),
+    (
+        "zeros of a non-ReLU are not dead",
+        per_layer("activations/zero_frac", {"h2": 1.0}),
+        info(RELU),
+        [],
+    ),
     ("saturated at the bound", per_layer("activations/saturated_frac", {"h2": 0.5}), info(), []),
     (
         "saturated above the bound",
@@ -217,13 +236,18 @@ CASES = [
         info(),
         [],
     ),
-    ("shift with too few probes", {"health/shift_mean_step": [(s, 0.1) for s in range(5)]},
-     info(), []),
+    (
+        "shift with too few probes",
+        {"health/shift_mean_step": [(s, 0.1) for s in range(5)]},
+        info(),
+        [],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("series", "run", "expected"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("series", "run", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_rule(series, run, expected):
     findings = diagnose(series, run)
     assert kinds(findings) == expected
@@ -233,8 +257,11 @@ def test_rule(series, run, expected):
 
 def test_vanishing_evidence_has_the_ratio_and_the_steepest_step():
     norms = {"h0": 1e-6, "h1": 1e-5, "h2": 1e-1, "h3": 1.0}  # steepest: h1 -> h2, 4 decades
-    (finding,) = [f for f in diagnose(per_layer("backprop/norm", norms), info())
-                  if f.kind == "vanishing_gradients"]
+    (finding,) = [
+        f
+        for f in diagnose(per_layer("backprop/norm", norms), info())
+        if f.kind == "vanishing_gradients"
+    ]
     assert finding.value == pytest.approx(-6.0)
     assert finding.severity == "error"
     assert (finding.evidence["steepest_from"], finding.evidence["steepest_to"]) == ("h1", "h2")
@@ -252,13 +279,22 @@ def test_thresholds_are_settable():
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("spike_factor", -1.0, "Thresholds.spike_factor must be a finite non-negative number; "
-         "got -1.0"),
-        ("dead_zero_frac", math.nan, "Thresholds.dead_zero_frac must be a finite non-negative "
-         "number; got nan"),
+        (
+            "spike_factor",
+            -1.0,
+            "Thresholds.spike_factor must be a finite non-negative number; got -1.0",
+        ),
+        (
+            "dead_zero_frac",
+            math.nan,
+            "Thresholds.dead_zero_frac must be a finite non-negative number; got nan",
+        ),
         ("spike_min_history", 2.5, "Thresholds.spike_min_history must be an integer; got 2.5"),
-        ("update_ratio_low", 1.0, "Thresholds.update_ratio_low must not exceed "
-         "update_ratio_high; got 1 > 0.1"),
+        (
+            "update_ratio_low",
+            1.0,
+            "Thresholds.update_ratio_low must not exceed update_ratio_high; got 1 > 0.1",
+        ),
     ],
 )
 def test_bad_thresholds_are_refused(field, value, message):
@@ -289,7 +325,11 @@ def test_healthy_says_so_with_numbers():
     }
     (finding,) = diagnose(series, info())
     assert (finding.kind, finding.severity, finding.first_step, finding.last_step) == (
-        "healthy", "info", 0, 10)
+        "healthy",
+        "info",
+        0,
+        10,
+    )
     assert finding.evidence["depth_log10"] == pytest.approx(0.3)
     assert finding.evidence["update_ratio_median"] == pytest.approx(1.5e-3)
     assert "+0.30 decades" in finding.message
