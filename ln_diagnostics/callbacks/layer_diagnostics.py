@@ -73,9 +73,13 @@ class LayerDiagnostics(pl.Callback):
         >>> trainer = Trainer(max_steps=2, callbacks=[LayerDiagnostics(every_n_steps=1)],
         ...     default_root_dir=tempfile.mkdtemp(), enable_progress_bar=False,
         ...     enable_model_summary=False, enable_checkpointing=False, logger=True)
-        >>> trainer.fit(BoringModel())
+        >>> trainer.fit(BoringModel())  # doctest: +ELLIPSIS
+        LayerDiagnostics diagnosis (2 logging steps):
+        ...
         >>> sorted(trainer.callbacks[0].last_logged.scalars)[:2]
         ['activations/absmax/layer', 'activations/kurtosis/layer']
+        >>> [finding.kind for finding in trainer.callbacks[0].diagnose()]
+        ['update_ratio_large']
     """
 
     def __init__(
