@@ -86,7 +86,7 @@ class Diagnosis:
         """The findings on the history so far (recomputed only after a new logging step)."""
         if self._cache is None:
             start = time.perf_counter()
-            self._cache = diagnose(self.history.series(), self.info)
+            self._cache = diagnose(self.history, self.info)
             self.last_seconds = time.perf_counter() - start
         return self._cache
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Mapping
 
+import numpy as np
+
 from ln_diagnostics.tags import (
     ACTIVATIONS,
     BACKPROP,
@@ -54,7 +56,11 @@ RELEVANT: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
-DEFAULT_MAX_ENTRIES = 2048
+DEFAULT_MAX_ENTRIES = 1024
+
+#: ``(steps, {tag: (positions, values)})``: the kept logging steps (sorted) and, per tag, the
+#: positions of its points among them and their values (float64 of the float32 kept).
+Columns = tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]
 
 
 def relevant(tag: str) -> bool:
@@ -134,6 +140,26 @@ class History:
             for name, (indices, values) in self._series.items()
             if len(indices)
         }
+
+    def columns(self) -> Columns:
+        """The kept points as arrays (no tuple per point): see :data:`Columns`."""
+        kept = np.frombuffer(self._kept, dtype=np.int64) if len(self._kept) else np.empty(0, int)
+        steps = np.array([self._steps[i] for i in self._kept], dtype=np.int64)
+        every = np.arange(len(kept))  # the positions of a tag logged at every kept step
+        out = {}
+        for name, (indices, values) in self._series.items():
+            if not len(indices):
+                continue
+            if len(indices) == len(kept):
+                positions = every
+            else:
+                positions = np.searchsorted(kept, np.frombuffer(indices, dtype=np.int64))
+            out[name] = (positions, np.frombuffer(values, dtype=np.float32).astype(np.float64))
+        return steps, out
+
+    def tags(self) -> list[str]:
+        """The kept tags, in first-seen order."""
+        return [name for name, (indices, _) in self._series.items() if len(indices)]
 
     @classmethod
     def from_series(

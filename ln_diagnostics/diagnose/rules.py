@@ -15,14 +15,18 @@ Example:
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from ln_diagnostics.diagnose.depth import depth_log10, hidden_stack
 from ln_diagnostics.diagnose.findings import Finding, Severity, rank
+from ln_diagnostics.diagnose.history import Columns, History, relevant
 from ln_diagnostics.diagnose.runinfo import RunInfo
 from ln_diagnostics.diagnose.thresholds import Thresholds
 from ln_diagnostics.tags import (
@@ -32,6 +36,7 @@ from ln_diagnostics.tags import (
     HEALTH,
     SHIFT,
     UPDATES,
+    ParsedTag,
     parse_tag,
     tag,
 )
@@ -90,38 +95,87 @@ ADVICE: dict[str, str] = {
 Series = Sequence[tuple[int, float]]
 
 
-class _Run:
-    """The series of one run indexed by statistic, layer and step."""
+@functools.lru_cache(maxsize=65536)
+def _training_tag(name: str) -> ParsedTag | None:
+    """The parts of a training tag (``val/...`` and foreign tags give ``None``), cached."""
+    parsed = parse_tag(name)
+    return parsed if parsed is not None and name.startswith(parsed.group + "/") else None
 
-    def __init__(self, series: Mapping[str, Series], info: RunInfo) -> None:
+
+class _Stat:
+    """One statistic of every layer that logged it: ``values[row, column]`` (NaN where absent)
+    and ``present``, rows in forward order, columns the run's logging steps."""
+
+    def __init__(self, names: list[str], values: np.ndarray, present: np.ndarray) -> None:
+        self.names = names
+        self.values = values
+        self.present = present
+        self.row = {name: r for r, name in enumerate(names)}
+
+    def rows(self, names: Sequence[str]) -> _Stat:
+        """The rows of ``names`` that logged the statistic, in the order given."""
+        keep = [self.row[n] for n in names if n in self.row]
+        return _Stat([self.names[r] for r in keep], self.values[keep], self.present[keep])
+
+    def aligned(self, names: Sequence[str]) -> np.ndarray:
+        """The values of ``names``' rows, NaN rows for names that did not log the statistic."""
+        out = np.full((len(names), self.values.shape[1]), np.nan)
+        for k, name in enumerate(names):
+            if name in self.row:
+                out[k] = self.values[self.row[name]]
+        return out
+
+    def at(self, name: str, column: int, default: float = math.nan) -> float:
+        r = self.row.get(name)
+        return (
+            default if r is None or not self.present[r, column] else float(self.values[r, column])
+        )
+
+
+class _Run:
+    """The series of one run as matrices per statistic (layers × logging steps)."""
+
+    def __init__(self, columns: Columns, info: RunInfo) -> None:
         self.info = info
-        self.layers: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+        steps, by_tag = columns
+        self.steps: list[int] = steps.tolist()
+        self.column = {step: c for c, step in enumerate(self.steps)}
+        width = len(self.steps)
         self.health: dict[str, list[tuple[int, float]]] = {}
         order = {layer.name: k for k, layer in enumerate(info.layers)}
-        steps: set[int] = set()
-        for name, points in series.items():
-            parsed = parse_tag(name)
-            if parsed is None or not name.startswith(parsed.group + "/"):
+        raw: dict[tuple[str, str], list[tuple[str, np.ndarray, np.ndarray]]] = {}
+        for name, (positions, values) in by_tag.items():
+            parsed = _training_tag(name)
+            if parsed is None:
                 continue
-            points = sorted(((int(s), float(v)) for s, v in points), key=lambda p: p[0])
-            steps.update(s for s, _ in points)
             if parsed.layer is None:
-                self.health[parsed.stat] = points
+                self.health[parsed.stat] = list(
+                    zip(steps[positions].tolist(), values.tolist(), strict=True)
+                )
             else:
-                self.layers.setdefault((parsed.group, parsed.stat), {})[parsed.layer] = dict(points)
+                raw.setdefault((parsed.group, parsed.stat), []).append(
+                    (parsed.layer, positions, values)
+                )
                 order.setdefault(parsed.layer, len(order))
         self.order = list(order)
-        self.position = order
         self.types = {layer.name: layer.type for layer in info.layers}
-        self.steps = sorted(steps)
+        self._stats: dict[tuple[str, str], _Stat] = {}
+        for key, rows in raw.items():
+            rows.sort(key=lambda row: order[row[0]])
+            matrix = np.full((len(rows), width), np.nan)
+            present = np.zeros((len(rows), width), dtype=bool)
+            for r, (_, positions, values) in enumerate(rows):
+                matrix[r, positions] = values
+                present[r, positions] = True
+            self._stats[key] = _Stat([row[0] for row in rows], matrix, present)
 
-    def stat(self, group: str, stat: str) -> dict[str, dict[int, float]]:
-        return self.layers.get((group, stat), {})
+    def stat(self, group: str, stat: str) -> _Stat:
+        empty = _Stat([], np.empty((0, len(self.steps))), np.empty((0, len(self.steps)), bool))
+        return self._stats.get((group, stat), empty)
 
     def with_stat(self, group: str, stat: str) -> list[str]:
         """Layers that logged ``group/stat``, in forward order."""
-        present = self.stat(group, stat)
-        return [name for name in self.order if name in present]
+        return list(self.stat(group, stat).names)
 
 
 def _span(names: Sequence[str]) -> str:
@@ -149,35 +203,39 @@ def _per_layer(
     group: str,
     stat: str,
     candidates: Sequence[str],
-    holds: Callable[[str, int, float], bool],
+    holds: Callable[[_Stat], np.ndarray],
     describe: Callable[[str, float, int], str],
     *,
-    worst: Callable[[float], float] = lambda v: v,
+    lowest: bool = False,
     persistence: float = 0.0,
 ) -> list[Finding]:
     """One finding per run of consecutive ``candidates`` whose ``group/stat`` met ``holds``.
 
-    ``holds(layer, step, value)``; a layer counts when it held at ``persistence`` or more of
-    its logged steps (and at least one). The evidence names the worst point by ``worst``.
+    ``holds(stat)`` gives a boolean matrix over ``stat.values``; a layer counts when it held at
+    ``persistence`` or more of its logged steps (and at least one). The evidence names the worst
+    point: the highest value, or the lowest with ``lowest``.
     """
-    values = run.stat(group, stat)
-    hits: dict[str, list[tuple[int, float]]] = {}
-    for name in candidates:
-        points = values.get(name, {})
-        held = [(s, v) for s, v in points.items() if holds(name, s, v)]
-        if held and len(held) >= persistence * len(points):
-            hits[name] = held
+    data = run.stat(group, stat).rows(candidates)
+    with np.errstate(invalid="ignore"):
+        held = holds(data) & data.present
+    counts = held.sum(axis=1)
+    enough = (counts > 0) & (counts >= persistence * data.present.sum(axis=1))
+    hits = {data.names[r]: r for r in np.flatnonzero(enough)}
     findings = []
-    for block in _consecutive(candidates, hits):
-        points = [(name, s, v) for name in block for s, v in hits[name]]
-        name, step, value = max(points, key=lambda p: worst(p[2]))
+    for block in _consecutive(data.names, hits):
+        rows = [hits[name] for name in block]
+        sub = held[rows]
+        score = np.where(sub, -data.values[rows] if lowest else data.values[rows], -np.inf)
+        r, c = np.unravel_index(int(np.argmax(score)), score.shape)
+        columns = np.flatnonzero(sub.any(axis=0))
+        name, step, value = block[r], run.steps[c], float(data.values[rows[r], c])
         findings.append(
             Finding(
                 kind,
                 severity,
                 _span(block),
-                min(s for _, s, _ in points),
-                max(s for _, s, _ in points),
+                run.steps[columns[0]],
+                run.steps[columns[-1]],
                 value,
                 describe(name, value, step),
                 {
@@ -188,7 +246,7 @@ def _per_layer(
                     "worst_step": step,
                     "worst_value": value,
                     "layers": len(block),
-                    "steps": len({s for _, s, _ in points}),
+                    "steps": len(columns),
                 },
                 ADVICE[kind],
             )
@@ -199,9 +257,16 @@ def _per_layer(
 # ----------------------------------------------------------------------------- depth
 
 
-def _profile(run: _Run, stack: Sequence[str], step: int) -> list[tuple[str, float]]:
-    norms = run.stat(BACKPROP, "norm")
-    return [(n, norms[n][step]) for n in stack if n in norms and step in norms[n]]
+def _stack(run: _Run) -> list[str]:
+    """The hidden stack's layer names (:func:`hidden_stack`)."""
+    layers = run.info.layers
+    return [layers[i].name for i in hidden_stack([(x.name, x.has_params) for x in layers])]
+
+
+def _profile(data: _Stat, column: int) -> list[tuple[str, float]]:
+    """``(layer, backprop norm)`` of the layers in ``data`` that logged at ``column``."""
+    rows = np.flatnonzero(data.present[:, column])
+    return [(data.names[r], float(data.values[r, column])) for r in rows]
 
 
 def _steepest(profile: Sequence[tuple[str, float]], sign: float) -> tuple[str, str, float]:
@@ -216,29 +281,35 @@ def _steepest(profile: Sequence[tuple[str, float]], sign: float) -> tuple[str, s
 
 
 def _depth(run: _Run, t: Thresholds) -> tuple[list[Finding], set[int]]:
-    """``vanishing_gradients`` / ``exploding_gradients``, and the steps where either held."""
-    stack_idx = hidden_stack([(layer.name, layer.has_params) for layer in run.info.layers])
-    stack = [run.info.layers[i].name for i in stack_idx]
-    fired: dict[str, list[tuple[int, float, list[tuple[str, float]]]]] = {
+    """``vanishing_gradients`` / ``exploding_gradients``, and the columns where either held."""
+    data = run.stat(BACKPROP, "norm").rows(_stack(run))
+    present = data.present
+    n = len(data.names)
+    if n < 2:
+        return [], set()
+    first = present.argmax(axis=0)  # per logging step: the input end and the output end
+    last = n - 1 - present[::-1].argmax(axis=0)
+    fired: dict[str, list[tuple[int, float]]] = {
         "vanishing_gradients": [],
         "exploding_gradients": [],
     }
-    for step in run.steps:
-        profile = _profile(run, stack, step)
-        ratio = depth_log10([v for _, v in profile])
+    for c in np.flatnonzero(present.sum(axis=0) >= 2):
+        ratio = depth_log10([data.values[first[c], c], data.values[last[c], c]])
         if ratio is None or not math.isfinite(ratio):
             continue
         if ratio <= -t.vanishing_decades:
-            fired["vanishing_gradients"].append((step, ratio, profile))
+            fired["vanishing_gradients"].append((int(c), ratio))
         elif ratio >= t.exploding_decades:
-            fired["exploding_gradients"].append((step, ratio, profile))
+            fired["exploding_gradients"].append((int(c), ratio))
     findings = []
     for kind, hits in fired.items():
         if not hits:
             continue
         sign = -1.0 if kind == "vanishing_gradients" else 1.0
         bound = t.vanishing_decades if sign < 0 else t.exploding_decades
-        step, ratio, profile = max(hits, key=lambda h: sign * h[1])
+        column, ratio = max(hits, key=lambda h: sign * h[1])
+        step, first_step = run.steps[column], run.steps[hits[0][0]]
+        profile = _profile(data, column)
         out_end = profile[-1][1]
         far = [n for n, v in profile if v > 0 and sign * math.log10(v / out_end) >= bound]
         far = far or [profile[0][0]]
@@ -249,12 +320,12 @@ def _depth(run: _Run, t: Thresholds) -> tuple[list[Finding], set[int]]:
                 kind,
                 "error",
                 _span(far),
-                hits[0][0],
-                hits[-1][0],
+                first_step,
+                run.steps[hits[-1][0]],
                 ratio,
                 f"backprop norm {word} {abs(ratio):.2f} decades (x{10 ** abs(ratio):.3g}) from "
                 f"{profile[-1][0]} to {profile[0][0]} over the hidden stack at step {step}"
-                + (f" ({hits[0][1]:+.2f} at step {hits[0][0]})" if step != hits[0][0] else "")
+                + (f" ({hits[0][1]:+.2f} at step {first_step})" if step != first_step else "")
                 + f"; steepest between {a} and {b} ({abs(change):.2f} decades)",
                 {
                     "tag": f"{BACKPROP}/norm/*",
@@ -271,7 +342,7 @@ def _depth(run: _Run, t: Thresholds) -> tuple[list[Finding], set[int]]:
                 ADVICE[kind],
             )
         )
-    return findings, {h[0] for hits in fired.values() for h in hits}
+    return findings, {c for hits in fired.values() for c, _ in hits}
 
 
 def _blocks(run: _Run, stack: Sequence[str]) -> dict[tuple[str, str, str], dict[int, str]]:
@@ -288,50 +359,61 @@ def _blocks(run: _Run, stack: Sequence[str]) -> dict[tuple[str, str, str], dict[
     return roles
 
 
-def _growth(run: _Run, t: Thresholds, depth_steps: set[int]) -> list[Finding]:
+def _growth(run: _Run, t: Thresholds, depth_columns: set[int]) -> list[Finding]:
     """``gradient_growth``: backprop norms rising block by block toward the output."""
-    stack_idx = hidden_stack([(layer.name, layer.has_params) for layer in run.info.layers])
-    stack = [run.info.layers[i].name for i in stack_idx]
-    roles = {r: b for r, b in _blocks(run, stack).items() if len(b) >= t.growth_min_blocks}
+    stack = _stack(run)
     norms = run.stat(BACKPROP, "norm")
-    hits = []
-    for step in run.steps:
-        if step in depth_steps:
-            continue  # vanishing_gradients already says it
-        growths = []
-        for role, blocks in roles.items():
-            first, last = blocks[min(blocks)], blocks[max(blocks)]
-            a, b = norms.get(first, {}).get(step), norms.get(last, {}).get(step)
-            if a and b and a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b):
-                growths.append((math.log10(b / a), role, min(blocks), max(blocks)))
-        if growths:
-            median = statistics.median(g for g, *_ in growths)
-            if median >= t.growth_decades:
-                hits.append((step, median, growths))
-    if not hits:
+    roles, growth_rows = [], []
+    for (prefix, rest, _), blocks in _blocks(run, stack).items():
+        lo, hi = min(blocks), max(blocks)
+        if len(blocks) < t.growth_min_blocks or blocks[lo] not in norms.row:
+            continue
+        if blocks[hi] not in norms.row:
+            continue
+        a, b = (norms.row[blocks[k]] for k in (lo, hi))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            growth = np.log10(norms.values[b] / norms.values[a])
+        valid = norms.present[a] & norms.present[b] & (norms.values[a] > 0)
+        valid &= (norms.values[b] > 0) & np.isfinite(growth)
+        growth_rows.append(np.where(valid, growth, np.nan))
+        roles.append((prefix, rest, lo, hi))
+    if not roles:
         return []
-    step, median, growths = max(hits, key=lambda h: h[1])
-    growth, (prefix, rest, _), lo, hi = max(growths)
+    growths = np.vstack(growth_rows)
+    judged = ~np.isnan(growths).all(axis=0)
+    judged[list(depth_columns)] = False  # vanishing_gradients already says it
+    medians = np.full(len(run.steps), -np.inf)
+    if judged.any():
+        medians[judged] = np.nanmedian(growths[:, judged], axis=0)
+    hits = np.flatnonzero(medians >= t.growth_decades)
+    if not len(hits):
+        return []
+    column = int(hits[np.argmax(medians[hits])])
+    median, step = float(medians[column]), run.steps[column]
+    at_step = growths[:, column]
+    k = int(np.nanargmax(at_step))
+    prefix, rest, lo, hi = roles[k]
+    count = int((~np.isnan(at_step)).sum())
     pattern = f"{prefix}.*.{rest}"
     return [
         Finding(
             "gradient_growth",
             "warning",
             f"{prefix}.{lo} … {prefix}.{hi}",
-            hits[0][0],
-            hits[-1][0],
+            run.steps[hits[0]],
+            run.steps[hits[-1]],
             median,
             f"backprop norm grows {median:.2f} decades (x{10**median:.3g}) from block {lo} to "
-            f"block {hi} toward the output at step {step} (median of {len(growths)} sub-layers; "
-            f"{pattern}: {growth:.2f})",
+            f"block {hi} toward the output at step {step} (median of {count} "
+            f"sub-layer{'s' if count > 1 else ''}; {pattern}: {at_step[k]:.2f})",
             {
                 "tag": tag(BACKPROP, "norm", pattern),
                 "median_decades": median,
                 "worst_step": step,
                 "blocks": hi - lo + 1,
-                "sublayers": len(growths),
+                "sublayers": count,
                 "steepest_role": pattern,
-                "steepest_decades": growth,
+                "steepest_decades": float(at_step[k]),
                 "steps": len(hits),
             },
             ADVICE["gradient_growth"],
@@ -351,7 +433,7 @@ def _activations(run: _Run, t: Thresholds) -> list[Finding]:
         ACTIVATIONS,
         "zero_frac",
         relus,
-        lambda _n, _s, v: v > t.dead_zero_frac,
+        lambda d: d.values > t.dead_zero_frac,
         lambda n, v, s: (
             f"{v:.1%} of {n}'s outputs are exactly 0 at step {s} (bound {t.dead_zero_frac:g})"
         ),
@@ -363,7 +445,7 @@ def _activations(run: _Run, t: Thresholds) -> list[Finding]:
         ACTIVATIONS,
         "saturated_frac",
         run.with_stat(ACTIVATIONS, "saturated_frac"),
-        lambda _n, _s, v: v > t.saturated_frac,
+        lambda d: d.values > t.saturated_frac,
         lambda n, v, s: (
             f"{v:.1%} of {n}'s outputs are saturated at step {s} (bound {t.saturated_frac:g})"
         ),
@@ -378,12 +460,11 @@ def _activations(run: _Run, t: Thresholds) -> list[Finding]:
         ACTIVATIONS,
         "std",
         candidates,
-        lambda n, s, v: v <= t.collapsed_rel_std * rms.get(n, {}).get(s, math.nan),
+        lambda d: d.values <= t.collapsed_rel_std * rms.aligned(d.names),
         lambda n, v, s: (
-            f"{n}'s output is constant at step {s}: std {v:.3g}, "
-            f"rms {rms.get(n, {}).get(s, math.nan):.3g}"
+            f"{n}'s output is constant at step {s}: std {v:.3g}, rms {rms.at(n, run.column[s]):.3g}"
         ),
-        worst=lambda v: -v,
+        lowest=True,
     )
     return dead + saturated + collapsed
 
@@ -401,19 +482,26 @@ def _nonfinite(run: _Run) -> list[Finding]:
     grads = run.stat(GRADIENTS, "norm")
     backprop = run.stat(BACKPROP, "norm")
     health = {stat: dict(run.health.get(stat, [])) for stat in HEALTH_NONFINITE}
+    # logging steps with any sign of a non-finite value (NaN != 0 too), in one pass per matrix
+    suspect = np.zeros(len(run.steps), dtype=bool)
+    suspect |= ((counts.values != 0) & counts.present).any(axis=0)
+    for data in (stds, grads, backprop):
+        suspect |= (~np.isfinite(data.values) & data.present).any(axis=0)
+    for values in health.values():
+        suspect[[run.column[s] for s, v in values.items() if v != 0]] = True
     bad: list[tuple[int, str, str, float]] = []  # step, layer, tag, value
-    for step in run.steps:
+    for c in np.flatnonzero(suspect):
+        step = run.steps[c]
         found = None
         for name in run.order:
-            n = counts.get(name, {}).get(step, 0.0)
-            s = stds.get(name, {}).get(step, 0.0)
-            if n > 0 or not math.isfinite(n) or not math.isfinite(s):
+            n, s = counts.at(name, c, 0.0), stds.at(name, c, 0.0)
+            if n != 0 or not math.isfinite(s):
                 found = (step, name, tag(ACTIVATIONS, "nonfinite", name), n)
                 break
         if found is None:  # gradients only: backward runs output first, so the last layer
             for name in reversed(run.order):
-                for group, values in ((BACKPROP, backprop), (GRADIENTS, grads)):
-                    v = values.get(name, {}).get(step, 0.0)
+                for group, data in ((BACKPROP, backprop), (GRADIENTS, grads)):
+                    v = data.at(name, c, 0.0)
                     if not math.isfinite(v):
                         found = (step, name, tag(group, "norm", name), v)
                         break
@@ -422,7 +510,7 @@ def _nonfinite(run: _Run) -> list[Finding]:
         if found is None:
             for stat, values in health.items():
                 v = values.get(step, 0.0)
-                if v > 0 or not math.isfinite(v):
+                if v != 0:
                     found = (step, "", f"{HEALTH}/{stat}", v)
                     break
         if found is not None:
@@ -463,12 +551,12 @@ def _updates(run: _Run, t: Thresholds) -> list[Finding]:
         UPDATES,
         "ratio",
         layers,
-        lambda _n, _s, v: v < t.update_ratio_low,
+        lambda d: d.values < t.update_ratio_low,
         lambda n, v, s: (
             f"update/weight of {n} is {v:.3g} at step {s}, below "
             f"{t.update_ratio_low:g} at most logging steps"
         ),
-        worst=lambda v: -v,
+        lowest=True,
         persistence=t.update_ratio_persistence,
     )
     large = _per_layer(
@@ -478,7 +566,7 @@ def _updates(run: _Run, t: Thresholds) -> list[Finding]:
         UPDATES,
         "ratio",
         layers,
-        lambda _n, _s, v: v > t.update_ratio_high,
+        lambda d: d.values > t.update_ratio_high,
         lambda n, v, s: (
             f"update/weight of {n} is {v:.3g} at step {s}, above "
             f"{t.update_ratio_high:g} at most logging steps"
@@ -492,7 +580,7 @@ def _updates(run: _Run, t: Thresholds) -> list[Finding]:
         GRADIENTS,
         "norm",
         run.with_stat(GRADIENTS, "norm"),
-        lambda _n, _s, v: v == 0.0,
+        lambda d: d.values == 0.0,
         lambda n, _v, s: f"the gradient of {n}'s parameters is exactly 0 at step {s}",
     )
     return small + large + zero
@@ -565,7 +653,7 @@ def _shift(run: _Run, t: Thresholds) -> list[Finding]:
         return []
     third = len(points) // 3
     early = statistics.median(v for _, v in points[:third])
-    late_steps = {s for s, _ in points[-third:]}
+    late_columns = [run.column[s] for s, _ in points[-third:]]
     late = statistics.median(v for _, v in points[-third:])
     if early <= 0 or late < t.shift_settle_ratio * early:
         return []
@@ -573,8 +661,10 @@ def _shift(run: _Run, t: Thresholds) -> list[Finding]:
     largest = max(
         (
             (statistics.median(vs), name)
-            for name in run.order
-            if (vs := [v for s, v in per_layer.get(name, {}).items() if s in late_steps])
+            for r, name in enumerate(per_layer.names)
+            if (
+                vs := per_layer.values[r, late_columns][per_layer.present[r, late_columns]].tolist()
+            )
         ),
         default=(math.nan, ""),
     )
@@ -604,10 +694,8 @@ def _shift(run: _Run, t: Thresholds) -> list[Finding]:
 
 def _healthy(run: _Run) -> Finding:
     """The numbers that show a run is healthy."""
-    stack_idx = hidden_stack([(layer.name, layer.has_params) for layer in run.info.layers])
-    stack = [run.info.layers[i].name for i in stack_idx]
     last = run.steps[-1]
-    ratio = depth_log10([v for _, v in _profile(run, stack, last)])
+    ratio = depth_log10([v for _, v in _profile(run.stat(BACKPROP, "norm").rows(_stack(run)), -1)])
     updates = [v for _, v in run.health.get("update_ratio_total", []) if math.isfinite(v)]
     grads = [v for _, v in run.health.get("grad_norm_total", []) if math.isfinite(v)]
     parts = []
@@ -636,15 +724,35 @@ def _healthy(run: _Run) -> Finding:
     )
 
 
+def columns(series: Mapping[str, Series] | History) -> Columns:
+    """``(steps, {tag: (positions, values)})`` of the tags the rules read: every logged step
+    once, sorted, and each tag's points as positions into it (points in step order); a
+    :class:`History` gives them without building a tuple per point."""
+    if isinstance(series, History):
+        return series.columns()
+    points = {
+        name: np.asarray(list(p), dtype=float).reshape(-1, 2)
+        for name, p in series.items()
+        if relevant(name)
+    }
+    steps = np.unique(np.concatenate([p[:, 0] for p in points.values()] or [np.empty(0)]))
+    steps = steps.astype(np.int64)
+    return steps, {
+        name: (np.searchsorted(steps, p[:, 0].astype(np.int64)), p[:, 1])
+        for name, p in points.items()
+    }
+
+
 def diagnose(
-    series: Mapping[str, Series],
+    series: Mapping[str, Series] | History,
     info: RunInfo | None = None,
     thresholds: Thresholds | None = None,
 ) -> list[Finding]:
     """Diagnose one run.
 
     Args:
-        series: ``{tag: [(step, value), ...]}`` as logged (other tags are ignored).
+        series: ``{tag: [(step, value), ...]}`` as logged (other tags are ignored), or the
+            :class:`History` that keeps them.
         info: the layers in forward order and the batch size; default: rebuilt from the tags
             (:meth:`RunInfo.from_tags`).
         thresholds: the rules' bounds; default :class:`Thresholds`.
@@ -654,14 +762,16 @@ def diagnose(
         error fired; empty when ``series`` holds no statistic the rules read.
     """
     t = thresholds or Thresholds()
-    run = _Run(series, info if info is not None else RunInfo.from_tags(series))
+    if info is None:
+        info = RunInfo.from_tags(series.tags() if isinstance(series, History) else series)
+    run = _Run(columns(series), info)
     if not run.steps:
         return []
-    depth, depth_steps = _depth(run, t)
+    depth, depth_columns = _depth(run, t)
     findings = [
         *_nonfinite(run),
         *depth,
-        *_growth(run, t, depth_steps),
+        *_growth(run, t, depth_columns),
         *_activations(run, t),
         *_updates(run, t),
         *_spikes(run, t),

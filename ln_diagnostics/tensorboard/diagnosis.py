@@ -129,7 +129,7 @@ def diagnose_logdir(
     out: dict[str, RunDiagnosis] = {}
     for run, scalars in read_scalars(root).items():
         info = read_run_info(root / run) or RunInfo.from_tags(scalars)
-        findings = diagnose(History.from_series(scalars).series(), info, thresholds)
+        findings = diagnose(History.from_series(scalars), info, thresholds)
         if not findings:
             raise LogDirError(
                 f"run '{root / run}' holds no ln-diagnostics statistic the diagnosis reads "
