@@ -163,8 +163,13 @@ class LayerDiagnostics(pl.Callback):
                         f"loggers are {describe_loggers(trainer)}, so histograms are skipped and "
                         "scalars go through logger.log_metrics."
                     )
-        if self._writer is None:
-            self._hist_every = 0
+            if self._writer is None:
+                self._hist_every = 0
+        # rank 0's schedule on every rank: histograms need rank 0's writer, and every rank must
+        # pack the same layout (the other ranks' histograms are merged into rank 0's)
+        self._every, self._hist_every = trainer.strategy.broadcast(
+            (self._every, self._hist_every), src=0
+        )
         self._collector = self.options.build(pl_module)
         self._collector.attach()
         if self.group_depth is not None:
