@@ -407,15 +407,16 @@ class Collector:
 
     def _fail(self, what: str, exc: Exception) -> None:
         """Warn once per kind of failure outside the hooks; the caller carries on without it."""
-        if what in self._warned_failures:
-            return
-        self._warned_failures.add(what)
-        warnings.warn(
+        self._warn_once(
+            what,
             f"ln-diagnostics: {what} failed at step {self.step} ({type(exc).__name__}: {exc}); "
             "the statistics that need it are not logged for such steps, training goes on.",
-            RuntimeWarning,
-            stacklevel=3,
         )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned_failures:
+            self._warned_failures.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     def _disable(self, i: int, exc: Exception) -> None:
         self._disabled.add(i)
@@ -533,9 +534,11 @@ class Collector:
         worst = max(statuses)
         others = [r for r, status in enumerate(statuses) if status and r != rank()]
         if others:
-            self._fail(
-                f"measuring step statistics on rank {others[0]}",
-                RuntimeError("that rank's own warning says why"),
+            self._warn_once(
+                "another rank",
+                f"ln-diagnostics: rank {others[0]} could not measure all of step {self.step} (its "
+                "own warning says why); what it did not measure is not logged for such steps, "
+                "training goes on.",
             )
         if worst == Status.STEP_LOST:
             return None
