@@ -21,34 +21,36 @@ def _batches(run):
     return [torch.load(run / f"batch{r}.pt").double() for r in (0, 1)]
 
 
-def _want(run, worker, reference):
+def _initial(run, worker):
     model = worker.Net()
     model.load_state_dict(torch.load(run / "init.pt"))
-    batches = _batches(run)
-    losses = lambda m: [m.loss(x, r) for r, x in enumerate(batches)]  # noqa: E731
-    return reference(model, losses, LAYERS, worker.LR)
+    return model.double()
 
 
 @pytest.mark.parametrize("run", ["default", "every_step"])
 def test_step_0_equals_one_process_on_the_union_batch(ddp, worker, reference, scalars, run):
     logged, _ = scalars(ddp / run / "tb")
-    want = _want(ddp / run, worker, reference)
+    batches = _batches(ddp / run)
+    losses = lambda m: [m.loss(x, r) for r, x in enumerate(batches)]  # noqa: E731
+    want = reference(_initial(ddp / run, worker), losses, LAYERS, worker.LR)
     got = {tag: logged[tag][0] for tag in want}
     assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
     total = sum(want[f"gradients/norm/{n}"] ** 2 for n in ("net.0", "net.2")) ** 0.5
     assert logged["health/grad_norm_total"][0] == pytest.approx(total, rel=1e-5)
     # the ranks see different data: neither rank's own statistics would pass
-    for x in _batches(ddp / run):
-        assert abs(got["activations/mean/net.0"] - worker.Net().double().net[0](x).mean()) > 0.05
+    model = _initial(ddp / run, worker)
+    with torch.no_grad():
+        for x in batches:
+            own = model.net[0](x).mean().item()
+            assert abs(got["activations/mean/net.0"] - own) > 0.05
 
 
 def test_default_options_merge_histograms_of_both_ranks_at_step_0(ddp, worker, scalars):
     _, acc = scalars(ddp / "default" / "tb")
-    model = worker.Net()
-    model.load_state_dict(torch.load(ddp / "default" / "init.pt"))
+    model = _initial(ddp / "default", worker)
     batches = _batches(ddp / "default")
     with torch.no_grad():
-        union = torch.cat([model.double().net[0](x).reshape(-1) for x in batches])
+        union = torch.cat([model.net[0](x).reshape(-1) for x in batches])
     (act,) = acc.Histograms("activations/hist/net.0")
     assert act.step == 0
     assert act.histogram_value.num == union.numel()  # both ranks' outputs
@@ -77,9 +79,7 @@ def test_shift_probe_runs_with_the_default_options(ddp, scalars):
 
 def test_group_depth_pools_the_block_over_both_ranks(ddp, worker, scalars):
     logged, _ = scalars(ddp / "grouped" / "tb")
-    model = worker.Net()
-    model.load_state_dict(torch.load(ddp / "grouped" / "init.pt"))
-    model = model.double()
+    model = _initial(ddp / "grouped", worker)
     batches = _batches(ddp / "grouped")
     with torch.no_grad():
         outputs = []
