@@ -62,7 +62,14 @@ from ln_diagnostics.collect.selection import (
     select_modules,
 )
 from ln_diagnostics.stats.histogram import bucket_edges, histogram
-from ln_diagnostics.stats.moments import Moments, Scratch, finalize, power_sums, reshift
+from ln_diagnostics.stats.moments import (
+    CHUNK,
+    Moments,
+    Scratch,
+    finalize,
+    power_sums,
+    reshift,
+)
 from ln_diagnostics.tags import (
     ACTIVATIONS,
     BACKPROP,
@@ -81,8 +88,9 @@ def _norms(tensors: list[Tensor]) -> list[Tensor]:
     """L2 norms with one fused kernel per (device, dtype) group, no host sync.
 
     Asked for in float64: the CPU then accumulates in float64 (in float32 the norm of a
-    2.4 M-element tensor is off by 4e-5 relative); CUDA's fused kernel adds float32 inputs in
-    short blocks. MPS has no float64, so there the norms stay float32.
+    2.4 M-element tensor is off by 4e-5 relative), converting one :data:`CHUNK` of a large
+    tensor at a time so that no float64 copy of it exists; CUDA's fused kernel adds float32
+    inputs in short blocks without a copy. MPS has no float64, so there the norms stay float32.
     """
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     for index, t in enumerate(tensors):
@@ -90,9 +98,20 @@ def _norms(tensors: list[Tensor]) -> list[Tensor]:
     out: list[Tensor] = [torch.empty(0)] * len(tensors)
     for (device, _), indices in groups.items():
         dtype = torch.float32 if device.type == "mps" else torch.float64
-        norms = torch._foreach_norm([tensors[i] for i in indices], 2.0, dtype=dtype)
-        for i, norm in zip(indices, norms, strict=True):
-            out[i] = norm
+        parts: list[Tensor] = []
+        counts: list[int] = []
+        for i in indices:
+            t = tensors[i]
+            chunked = device.type == "cpu" and t.numel() > CHUNK
+            chunks = t.reshape(-1).split(CHUNK) if chunked else (t,)
+            parts.extend(chunks)
+            counts.append(len(chunks))
+        norms = torch._foreach_norm(parts, 2.0, dtype=dtype)
+        start = 0
+        for i, count in zip(indices, counts, strict=True):
+            own = norms[start : start + count]
+            out[i] = own[0] if count == 1 else torch.stack(own).norm()
+            start += count
     return out
 
 
