@@ -81,14 +81,23 @@ def union_reference(model, losses, layers, lr):
     return want
 
 
-@pytest.fixture(scope="session")
-def script():
-    return _script
+@pytest.fixture(scope="module")
+def launched(request, tmp_path_factory):
+    """``(output folder, worker module)`` of the test module's ``WORKER`` script, run once."""
+    name = request.module.WORKER
+    return _launch(name, tmp_path_factory.mktemp(name)), _script(name)
 
 
-@pytest.fixture(scope="session")
-def launch():
-    return _launch
+@pytest.fixture(scope="module")
+def out(launched):
+    """The output folder of the test module's worker run."""
+    return launched[0]
+
+
+@pytest.fixture(scope="module")
+def worker(launched):
+    """The test module's worker script as a module (its models and constants)."""
+    return launched[1]
 
 
 @pytest.fixture(scope="session")

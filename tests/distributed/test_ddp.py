@@ -4,17 +4,8 @@ process trained on the union of both ranks' batches, checked against a float64 r
 import pytest
 import torch
 
+WORKER = "ddp_run"  # run once for the module by the `launched` fixture
 LAYERS = ["net.0", "net.1", "net.2", "only_rank1"]
-
-
-@pytest.fixture(scope="module")
-def ddp(tmp_path_factory, launch):
-    return launch("ddp_run", tmp_path_factory.mktemp("ddp"))
-
-
-@pytest.fixture(scope="module")
-def worker(script):
-    return script("ddp_run")
 
 
 def _batches(run):
@@ -28,27 +19,27 @@ def _initial(run, worker):
 
 
 @pytest.mark.parametrize("run", ["default", "every_step"])
-def test_step_0_equals_one_process_on_the_union_batch(ddp, worker, reference, scalars, run):
-    logged, _ = scalars(ddp / run / "tb")
-    batches = _batches(ddp / run)
+def test_step_0_equals_one_process_on_the_union_batch(out, worker, reference, scalars, run):
+    logged, _ = scalars(out / run / "tb")
+    batches = _batches(out / run)
     losses = lambda m: [m.loss(x, r) for r, x in enumerate(batches)]  # noqa: E731
-    want = reference(_initial(ddp / run, worker), losses, LAYERS, worker.LR)
+    want = reference(_initial(out / run, worker), losses, LAYERS, worker.LR)
     got = {tag: logged[tag][0] for tag in want}
     assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
     total = sum(want[f"gradients/norm/{n}"] ** 2 for n in ("net.0", "net.2")) ** 0.5
     assert logged["health/grad_norm_total"][0] == pytest.approx(total, rel=1e-5)
     # the ranks see different data: neither rank's own statistics would pass
-    model = _initial(ddp / run, worker)
+    model = _initial(out / run, worker)
     with torch.no_grad():
         for x in batches:
             own = model.net[0](x).mean().item()
             assert abs(got["activations/mean/net.0"] - own) > 0.05
 
 
-def test_default_options_merge_histograms_of_both_ranks_at_step_0(ddp, worker, scalars):
-    _, acc = scalars(ddp / "default" / "tb")
-    model = _initial(ddp / "default", worker)
-    batches = _batches(ddp / "default")
+def test_default_options_merge_histograms_of_both_ranks_at_step_0(out, worker, scalars):
+    _, acc = scalars(out / "default" / "tb")
+    model = _initial(out / "default", worker)
+    batches = _batches(out / "default")
     with torch.no_grad():
         union = torch.cat([model.net[0](x).reshape(-1) for x in batches])
     (act,) = acc.Histograms("activations/hist/net.0")
@@ -60,27 +51,27 @@ def test_default_options_merge_histograms_of_both_ranks_at_step_0(ddp, worker, s
     assert grad.histogram_value.num == 6 * 8 + 8  # DDP's replicated gradient, counted once
 
 
-def test_every_step_logs_scalars_each_step_and_histograms_every_tenth(ddp, scalars):
-    logged, acc = scalars(ddp / "every_step" / "tb")
+def test_every_step_logs_scalars_each_step_and_histograms_every_tenth(out, scalars):
+    logged, acc = scalars(out / "every_step" / "tb")
     assert sorted(logged["activations/mean/net.1"]) == list(range(11))
     assert sorted(logged["activations/zero_frac/only_rank1"]) == list(range(11))  # rank 1 only
     assert [e.step for e in acc.Histograms("activations/hist/net.1")] == [0, 10]
     assert [e.step for e in acc.Histograms("gradients/hist/net.2")] == [0, 10]
 
 
-def test_shift_probe_runs_with_the_default_options(ddp, scalars):
-    logged, _ = scalars(ddp / "every_step" / "tb")
+def test_shift_probe_runs_with_the_default_options(out, scalars):
+    logged, _ = scalars(out / "every_step" / "tb")
     shift = logged["shift/mean_init/net.2"]
     assert sorted(shift) == list(range(11))
     assert shift[0] == pytest.approx(0.0, abs=1e-9)  # the reference itself
     assert shift[10] > 1e-3  # the model learned
-    assert "shift/mean_init/net.2" in scalars(ddp / "default" / "tb")[0]
+    assert "shift/mean_init/net.2" in scalars(out / "default" / "tb")[0]
 
 
-def test_group_depth_pools_the_block_over_both_ranks(ddp, worker, scalars):
-    logged, _ = scalars(ddp / "grouped" / "tb")
-    model = _initial(ddp / "grouped", worker)
-    batches = _batches(ddp / "grouped")
+def test_group_depth_pools_the_block_over_both_ranks(out, worker, scalars):
+    logged, _ = scalars(out / "grouped" / "tb")
+    model = _initial(out / "grouped", worker)
+    batches = _batches(out / "grouped")
     with torch.no_grad():
         outputs = []
         for rank, x in enumerate(batches):
@@ -97,11 +88,11 @@ def test_group_depth_pools_the_block_over_both_ranks(ddp, worker, scalars):
 
 
 @pytest.mark.parametrize("run", ["default", "every_step", "grouped"])
-def test_one_writer_no_warning_one_collective_per_logging_step(ddp, run):
-    assert len(list((ddp / run).rglob("events.out.tfevents.*"))) == 1  # rank 0 writes
+def test_one_writer_no_warning_one_collective_per_logging_step(out, run):
+    assert len(list((out / run).rglob("events.out.tfevents.*"))) == 1  # rank 0 writes
     for rank in (0, 1):
-        assert (ddp / run / f"warnings{rank}.txt").read_text() == ""
+        assert (out / run / f"warnings{rank}.txt").read_text() == ""
     logging_steps = {"default": 1, "every_step": 11, "grouped": 1}[run]
-    assert [(ddp / run / f"collectives{r}.txt").read_text() for r in (0, 1)] == [
+    assert [(out / run / f"collectives{r}.txt").read_text() for r in (0, 1)] == [
         str(logging_steps)
     ] * 2

@@ -10,14 +10,7 @@ import torch
 PLAIN = ["sharded", "one_unsharded", "hsdp"]
 
 
-@pytest.fixture(scope="module")
-def fsdp(tmp_path_factory, launch):
-    return launch("fsdp_run", tmp_path_factory.mktemp("fsdp"))
-
-
-@pytest.fixture(scope="module")
-def worker(script):
-    return script("fsdp_run")
+WORKER = "fsdp_run"  # run once for the module by the `launched` fixture
 
 
 def _reports(case_dir, rank):
@@ -39,27 +32,27 @@ def _want(case_dir, worker, reference, prefix):
 
 @pytest.mark.parametrize("case", ["lightning", *PLAIN])
 def test_step_0_equals_the_unsharded_model_on_the_union_batch(
-    fsdp, worker, reference, scalars, case
+    out, worker, reference, scalars, case
 ):
     prefix = "net." if case == "lightning" else ""
-    want = _want(fsdp / case, worker, reference, prefix)
-    logged, _ = scalars(fsdp / case / "tb")
+    want = _want(out / case, worker, reference, prefix)
+    logged, _ = scalars(out / case / "tb")
     assert {tag: logged[tag][0] for tag in want} == pytest.approx(want, rel=1e-5, abs=1e-7)
     total = sum(want[f"gradients/norm/{prefix}{n}"] ** 2 for n in "02") ** 0.5
     assert logged["health/grad_norm_total"][0] == pytest.approx(total, rel=1e-5)
     # every rank gets the same, global report
-    assert _reports(fsdp / case, 1)["0"] == pytest.approx(_reports(fsdp / case, 0)["0"])
+    assert _reports(out / case, 1)["0"] == pytest.approx(_reports(out / case, 0)["0"])
     for rank in (0, 1):
-        assert (fsdp / case / f"warnings{rank}.txt").read_text() == ""
+        assert (out / case / f"warnings{rank}.txt").read_text() == ""
 
 
 @pytest.mark.parametrize("case", ["lightning", *PLAIN])
-def test_histograms_merge_the_shards_and_the_ranks_exactly(fsdp, worker, scalars, case):
+def test_histograms_merge_the_shards_and_the_ranks_exactly(out, worker, scalars, case):
     prefix = "net." if case == "lightning" else ""
     net = worker.make_net()
-    net.load_state_dict(torch.load(fsdp / case / "init.pt"))
-    batches = [torch.load(fsdp / case / f"batch{r}.pt") for r in (0, 1)]
-    _, acc = scalars(fsdp / case / "tb")
+    net.load_state_dict(torch.load(out / case / "init.pt"))
+    batches = [torch.load(out / case / f"batch{r}.pt") for r in (0, 1)]
+    _, acc = scalars(out / case / "tb")
     (act,) = acc.Histograms(f"activations/hist/{prefix}0")
     with torch.no_grad():
         union = torch.cat([net[0](x).reshape(-1) for x in batches]).double()
@@ -72,15 +65,15 @@ def test_histograms_merge_the_shards_and_the_ranks_exactly(fsdp, worker, scalars
         assert grad.histogram_value.num == sum(p.numel() for p in net[int(layer)].parameters())
 
 
-def test_nothing_gathers_a_full_parameter_and_one_collective_per_logging_step(fsdp):
+def test_nothing_gathers_a_full_parameter_and_one_collective_per_logging_step(out):
     for case in PLAIN:
         for rank in (0, 1):
-            calls = json.loads((fsdp / case / f"calls{rank}.json").read_text())
+            calls = json.loads((out / case / f"calls{rank}.json").read_text())
             assert calls == {"all_gather": 1, "full_tensor": 0, "redistribute": 0}, (case, rank)
 
 
-def test_an_injected_failure_warns_once_and_training_goes_on(fsdp):
-    case = fsdp / "failures"
+def test_an_injected_failure_warns_once_and_training_goes_on(out):
+    case = out / "failures"
     assert [(case / f"steps{r}.txt").read_text() for r in (0, 1)] == ["3", "3"]
     reports = _reports(case, 0)
     assert sorted(reports) == ["0", "2"]  # step 1: rank 1 could not pack; nothing half-merged
