@@ -7,10 +7,8 @@ import json
 import pytest
 import torch
 
-PLAIN = ["sharded", "one_unsharded", "hsdp"]
-
-
 WORKER = "fsdp_run"  # run once for the module by the `launched` fixture
+PLAIN = ["sharded", "one_unsharded", "hsdp"]
 
 
 def _reports(case_dir, rank):
