@@ -187,12 +187,20 @@ class LayerDiagnostics(pl.Callback):
                     )
             if self._writer is None:
                 self._hist_every = 0
-        # rank 0's schedule on every rank: histograms need rank 0's writer, and every rank must
-        # pack the same layout (the other ranks' histograms are merged into rank 0's)
-        self._every, self._hist_every = trainer.strategy.broadcast(
-            (self._every, self._hist_every), src=0
+        collector = self.options.build(pl_module)
+        # every rank packs the same layout: rank 0's schedule (histograms need rank 0's writer;
+        # the other ranks' histograms are merged into it) and the same watched modules
+        self._every, self._hist_every, names = trainer.strategy.broadcast(
+            (self._every, self._hist_every, collector.names), src=0
         )
-        self._collector = self.options.build(pl_module)
+        if trainer.strategy.reduce_boolean_decision(names != collector.names, all=False):
+            raise ValueError(
+                "LayerDiagnostics: the ranks do not all watch the same modules (rank 0 watches "
+                f"{len(names)}, this rank, {trainer.global_rank}, watches {len(collector.names)});"
+                " build the same model and pass the same types/include/exclude on every rank, "
+                "since every rank packs the same statistics layout."
+            )
+        self._collector = collector
         self._collector.attach()
         if self.group_depth is not None:
             self._collector.set_groups(block_names(self._collector.names, depth=self.group_depth))

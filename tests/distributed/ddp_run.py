@@ -8,6 +8,7 @@ initial weights to ``OUT_DIR/<run>/init.pt``. Only rank 1 runs ``only_rank1``, s
 that ran on one rank and not the other is exercised. Warnings of ours are counted per rank.
 """
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -27,6 +28,7 @@ RUNS = {
     "default": ({}, 2),
     "every_step": ({"every_n_steps": 1}, 11),  # histograms at steps 0 and 10
     "grouped": ({"group_depth": 1}, 1),
+    "mismatched": ({}, 1),  # rank 1 watches fewer modules: an error at setup, not a hang
 }
 
 
@@ -88,6 +90,8 @@ def fit(out: Path, options: dict, max_steps: int) -> None:
     packing.dist.all_gather = counter
     seed_everything(0)
     model = Net(out)
+    if out.name == "mismatched" and os.environ.get("LOCAL_RANK") == "1":
+        options = {"include": "net.*"}
     trainer = Trainer(
         strategy="ddp",
         devices=2,
@@ -103,7 +107,10 @@ def fit(out: Path, options: dict, max_steps: int) -> None:
         torch.save(model.state_dict(), out / "init.pt")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(model)
+        try:
+            trainer.fit(model)
+        except ValueError as exc:
+            (out / f"error{trainer.global_rank}.txt").write_text(str(exc))
     ours = [m for m in map(str, (w.message for w in caught)) if "iagnostics" in m]
     rank = trainer.global_rank
     (out / f"warnings{rank}.txt").write_text("\n".join(ours))

@@ -96,3 +96,16 @@ def test_one_writer_no_warning_one_collective_per_logging_step(out, run):
     assert [(out / run / f"collectives{r}.txt").read_text() for r in (0, 1)] == [
         str(logging_steps)
     ] * 2
+
+
+def test_ranks_watching_different_modules_stop_at_setup_with_a_clear_error(out):
+    # rank 1 was given include="net.*": without the check its packed vector would be shorter
+    # and the first collective would crash or hang
+    errors = [(out / "mismatched" / f"error{r}.txt").read_text() for r in (0, 1)]
+    assert errors[1].startswith(
+        "LayerDiagnostics: the ranks do not all watch the same modules (rank 0 watches 4, "
+        "this rank, 1, watches 3); build the same model and pass the same "
+        "types/include/exclude on every rank"
+    )
+    assert "rank 0 watches 4, this rank, 0, watches 4" in errors[0]
+    assert [(out / "mismatched" / f"collectives{r}.txt").read_text() for r in (0, 1)] == ["0"] * 2
