@@ -198,9 +198,22 @@ class LayerDiagnostics(pl.Callback):
                         f"loggers are {describe_loggers(trainer)}, so histograms are skipped and "
                         "scalars go through logger.log_metrics."
                     )
-        if self._writer is None:
-            self._hist_every = 0
-        self._collector = self.options.build(pl_module)
+            if self._writer is None:
+                self._hist_every = 0
+        collector = self.options.build(pl_module)
+        # every rank packs the same layout: rank 0's schedule (histograms need rank 0's writer;
+        # the other ranks' histograms are merged into it) and the same watched modules
+        self._every, self._hist_every, names = trainer.strategy.broadcast(
+            (self._every, self._hist_every, collector.names), src=0
+        )
+        if trainer.strategy.reduce_boolean_decision(names != collector.names, all=False):
+            raise ValueError(
+                "LayerDiagnostics: the ranks do not all watch the same modules (rank 0 watches "
+                f"{len(names)}, this rank, {trainer.global_rank}, watches {len(collector.names)});"
+                " build the same model and pass the same types/include/exclude on every rank, "
+                "since every rank packs the same statistics layout."
+            )
+        self._collector = collector
         self._collector.attach()
         if self.group_depth is not None:
             self._collector.set_groups(
