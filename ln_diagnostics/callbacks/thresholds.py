@@ -76,7 +76,9 @@ class DiagnosticThresholds(pl.Callback):
 
     def __init__(
         self,
-        rules: str | os.PathLike[str] | Sequence[Mapping[str, Any]],
+        # the list first: jsonargparse (LightningCLI) tries a Union's members in order, and
+        # ``str`` would accept a YAML list of rules as its text
+        rules: Sequence[Mapping[str, Any]] | str | os.PathLike[str],
         *,
         on_violation: OnViolation = "raise",
     ) -> None:
