@@ -29,10 +29,12 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 
 from ln_diagnostics.errors import ThresholdViolation
+from ln_diagnostics.tags import natural_key
 from ln_diagnostics.thresholds.engine import (
     RuleResult,
     describe_unmatched,
     evaluate_series,
+    excess,
     is_settled,
     matches,
     value_passes,
@@ -160,6 +162,7 @@ class DiagnosticThresholds(pl.Callback):
 
     def _check(self, trainer: pl.Trainer, step: int, scalars: Mapping[str, float]) -> None:
         self._seen_tags.update(scalars)
+        failures: dict[str, list[RuleResult]] = {}
         for tag, raw in scalars.items():
             value = float(raw)
             for rule in self._rules_for(tag):
@@ -176,7 +179,9 @@ class DiagnosticThresholds(pl.Callback):
                 # no later point can undo (the first value above max is the running max, ...).
                 result = evaluate_series(rule, tag, [(step, value)])
                 if is_settled(result):
-                    self._violation(trainer, result)
+                    failures.setdefault(rule.key, []).append(result)
+        for results in failures.values():
+            self._violation(trainer, results)
 
     def _aggregate_results(self, rule: Rule) -> list[RuleResult]:
         results = []
@@ -187,17 +192,27 @@ class DiagnosticThresholds(pl.Callback):
                     results.append(evaluate_series(rule, tag, selected))
         return results
 
-    def _violation(self, trainer: pl.Trainer, result: RuleResult) -> None:
-        rule = result.rule
+    def _violation(self, trainer: pl.Trainer, failures: Sequence[RuleResult]) -> None:
+        """Report one rule's failing tags at once: the worst value, and every tag by name."""
+        rule = failures[0].rule
         if rule.key in self._reported:
             return
         self._reported.add(rule.key)
+        worst = max(failures, key=lambda result: excess(rule, result.value))
         error = ThresholdViolation(
-            rule.label, result.tag, result.value, self._bound(result), result.step
+            rule.label,
+            worst.tag,
+            worst.value,
+            self._bound(worst),
+            worst.step,
+            failing=sorted((result.tag for result in failures), key=natural_key),
         )
-        if self.on_violation == "raise":
+        if rule.severity == "warn":
+            if trainer.is_global_zero:
+                warnings.warn(f"DiagnosticThresholds: warn: {error}", UserWarning, stacklevel=2)
+        elif self.on_violation == "raise":
             raise error
-        if self.on_violation == "stop":
+        elif self.on_violation == "stop":
             trainer.should_stop = True
             if trainer.is_global_zero:
                 print(f"DiagnosticThresholds: stopping: {error}", file=sys.stderr, flush=True)
@@ -224,9 +239,9 @@ class DiagnosticThresholds(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._poll(trainer)
         for rule in self._aggregate_rules:
-            for result in self._aggregate_results(rule):
-                if not result.passed:
-                    self._violation(trainer, result)
+            failures = [result for result in self._aggregate_results(rule) if not result.passed]
+            if failures:
+                self._violation(trainer, failures)
         if not self._checked_steps:
             return  # nothing was logged; ``setup`` already warned when there is no source
         last_step = max(self._checked_steps.values())

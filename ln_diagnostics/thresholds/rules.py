@@ -11,6 +11,8 @@ A threshold file is TOML with one ``[[rule]]`` table per rule:
     over = "all"                      # all (default) | last | mean | max | min
     after_step = 0                    # only steps >= after_step count (warm-up)
     optional = false                  # a rule that matches no tag is an error unless optional
+    severity = "error"                # error (default): a failure fails the check; warn: it
+                                      # is reported as WARN and the check still passes
 
 This module is pure Python (no Lightning, no TensorBoard) so the callback and the CLI share it.
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -38,7 +40,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 Over = Literal["all", "last", "mean", "max", "min"]
 OVER_CHOICES: tuple[str, ...] = ("all", "last", "mean", "max", "min")
-RULE_KEYS: tuple[str, ...] = ("name", "tag", "min", "max", "over", "after_step", "optional")
+Severity = Literal["error", "warn"]
+SEVERITY_CHOICES: tuple[str, ...] = ("error", "warn")
 _RULE_HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
 
 
@@ -63,6 +66,8 @@ class Rule:
             ``"last"``/``"mean"``/``"max"``/``"min"`` check one aggregate value.
         after_step: points logged at a step below this are ignored.
         optional: when ``False`` a rule that matches no tag is an error.
+        severity: ``"error"`` (a failure fails the check or the training run) or ``"warn"``
+            (a failure is reported as a warning and passes).
         name: an optional label; :attr:`label` falls back to the tag pattern.
 
     Example:
@@ -77,6 +82,7 @@ class Rule:
     after_step: int = 0
     optional: bool = False
     name: str = ""
+    severity: Severity = "error"
 
     @property
     def label(self) -> str:
@@ -95,10 +101,12 @@ class Rule:
 
     @cached_property
     def key(self) -> str:
-        """A stable identity used in callback state (label plus every setting)."""
+        """A stable identity used in callback state (label plus every setting; the default
+        severity is left out, so the keys of older checkpoints still match)."""
         return (
             f"{self.label}|{self.tag}|{self.over}|{self.min}|{self.max}|"
             f"{self.after_step}|{self.optional}"
+            + ("" if self.severity == "error" else f"|{self.severity}")
         )
 
 
@@ -110,15 +118,67 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+@dataclass(frozen=True)
+class _Key:
+    """How one rule key is validated: the default, what is expected, and a test of a value."""
+
+    default: Any
+    expected: str
+    valid: Callable[[Any], bool]
+    convert: Callable[[Any], Any] = lambda value: value
+    choices: tuple[str, ...] = ()
+
+
+def _choice(default: str, choices: tuple[str, ...]) -> _Key:
+    return _Key(default, f"one of {', '.join(choices)}", lambda v: v in choices, choices=choices)
+
+
+def _number() -> _Key:
+    return _Key(None, "a number", lambda v: _is_number(v) and not math.isnan(v), convert=float)
+
+
+_REQUIRED = object()
+# One entry per key of a [[rule]] table, in the order messages list them; a new key is one
+# entry here and one field of ``Rule``.
+_KEYS: dict[str, _Key] = {
+    "name": _Key("", "a string", lambda v: isinstance(v, str)),
+    "tag": _Key(
+        _REQUIRED,
+        "a non-empty string glob such as 'gradients/norm/*'",
+        lambda v: isinstance(v, str) and bool(v.strip()),
+    ),
+    "min": _number(),
+    "max": _number(),
+    "over": _choice("all", OVER_CHOICES),
+    "after_step": _Key(
+        0,
+        "a non-negative integer",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    ),
+    "optional": _Key(False, "true or false", lambda v: isinstance(v, bool)),
+    "severity": _choice("error", SEVERITY_CHOICES),
+}
+RULE_KEYS: tuple[str, ...] = tuple(_KEYS)
+
+
+def _value(raw: Mapping[str, Any], key: str, where: str) -> Any:
+    spec = _KEYS[key]
+    if key not in raw or (raw[key] is None and spec.default is None):
+        return spec.default
+    value = raw[key]
+    if not spec.valid(value):
+        got = repr(value) if spec.choices else f"{_type_name(value)} {value!r}"
+        raise RuleError(f"{where}: key {key!r} must be {spec.expected}; got {got}")
+    return spec.convert(value)
+
+
 def _parse_one(raw: Any, where: str) -> Rule:
     if not isinstance(raw, Mapping):
         raise RuleError(f"{where}: expected a table of rule keys; got {_type_name(raw)} {raw!r}")
-    name = raw.get("name", "")
-    if not isinstance(name, str):
-        raise RuleError(f"{where}: key 'name' must be a string; got {_type_name(name)} {name!r}")
+    name = _value(raw, "name", where)
     if name:
         where = f"{where} ({name!r})"
-    unknown = [key for key in raw if key not in RULE_KEYS]
+    unknown = [key for key in raw if key not in _KEYS]
     if unknown:
         raise RuleError(
             f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
@@ -126,51 +186,13 @@ def _parse_one(raw: Any, where: str) -> Rule:
         )
     if "tag" not in raw:
         raise RuleError(f"{where}: missing required key 'tag' (a glob such as 'gradients/norm/*')")
-    pattern = raw["tag"]
-    if not isinstance(pattern, str) or not pattern.strip():
-        raise RuleError(
-            f"{where}: key 'tag' must be a non-empty string glob such as 'gradients/norm/*'; "
-            f"got {_type_name(pattern)} {pattern!r}"
-        )
-    bounds: dict[str, float | None] = {}
-    for key in ("min", "max"):
-        value = raw.get(key)
-        if value is not None and (not _is_number(value) or math.isnan(value)):
-            raise RuleError(
-                f"{where}: key {key!r} must be a number; got {_type_name(value)} {value!r}"
-            )
-        bounds[key] = None if value is None else float(value)
-    low, high = bounds["min"], bounds["max"]
+    values = {key: _value(raw, key, where) for key in _KEYS}
+    low, high = values["min"], values["max"]
     if low is None and high is None:
         raise RuleError(f"{where}: expected at least one of 'min' or 'max'; got neither")
     if low is not None and high is not None and low > high:
         raise RuleError(f"{where}: 'min' must not exceed 'max'; got min = {low:g} > max = {high:g}")
-    over = raw.get("over", "all")
-    if over not in OVER_CHOICES:
-        raise RuleError(
-            f"{where}: key 'over' must be one of {', '.join(OVER_CHOICES)}; got {over!r}"
-        )
-    after_step = raw.get("after_step", 0)
-    if not isinstance(after_step, int) or isinstance(after_step, bool) or after_step < 0:
-        raise RuleError(
-            f"{where}: key 'after_step' must be a non-negative integer; "
-            f"got {_type_name(after_step)} {after_step!r}"
-        )
-    optional = raw.get("optional", False)
-    if not isinstance(optional, bool):
-        raise RuleError(
-            f"{where}: key 'optional' must be true or false; "
-            f"got {_type_name(optional)} {optional!r}"
-        )
-    return Rule(
-        tag=pattern,
-        min=low,
-        max=high,
-        over=over,
-        after_step=after_step,
-        optional=optional,
-        name=name,
-    )
+    return Rule(**values)
 
 
 def parse_rules(
