@@ -514,7 +514,7 @@ def _layer_table(
     )
     hidden = len(columns) - len(chosen)
     if hidden:
-        text += f"\n(+{hidden} more column{'s' if hidden > 1 else ''}: summary --wide)"
+        text += f"\n(+{hidden} more column{'s' if hidden > 1 else ''} with --wide)"
     return text
 
 

@@ -166,7 +166,7 @@ def baseline_bounds(
     for pattern, (stat, (low, high), (tags, points)) in families.items():
         kind = _kind(stat, low)
         lower, upper = _limits(kind, low, high, factor, fraction_margin)
-        rule = Rule(tag=pattern, min=lower, max=upper, name=f"baseline {pattern}")
+        rule = Rule(tag=pattern, min=lower, max=upper)
         bounds.append(Bound(rule, kind, low, high, tags, points))
     return bounds
 
@@ -188,7 +188,6 @@ def baseline_toml(bounds: Sequence[Bound], *, header: Sequence[str] = ()) -> str
         >>> print(baseline_toml([bound]))
         [[rule]]
         # scale: logged 1 .. 1 (1 tag, 1 point)
-        name = "baseline activations/std/*"
         tag = "activations/std/*"
         min = 0.1
         max = 10.0
@@ -204,8 +203,7 @@ def baseline_toml(bounds: Sequence[Bound], *, header: Sequence[str] = ()) -> str
             f"# {bound.kind}: logged {bound.low:.6g} .. {bound.high:.6g} "
             f"({bound.tags} tag{'s' if bound.tags != 1 else ''}, "
             f"{bound.points} point{'s' if bound.points != 1 else ''})",
-            f"name = {json.dumps(rule.name)}",  # a JSON string is a TOML basic string
-            f"tag = {json.dumps(rule.tag)}",
+            f"tag = {json.dumps(rule.tag)}",  # a JSON string is a TOML basic string
         ]
         for key, value in (("min", rule.min), ("max", rule.max)):
             if value is not None:
