@@ -5,11 +5,9 @@ is in ``tests/examples/test_examples.py``, on the runs the CI-gate test trains a
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from torch.utils.tensorboard import SummaryWriter
 
 from ln_diagnostics.cli import main
 from ln_diagnostics.thresholds.baseline import BaselineError, baseline_bounds, baseline_toml
@@ -108,16 +106,7 @@ def test_bad_margins_and_no_diagnostics():
         baseline_bounds({"train/loss": [(0, 1.0)]})
 
 
-def write_run(directory: Path, scalars) -> Path:
-    writer = SummaryWriter(str(directory))
-    for tag, points in scalars.items():
-        for step, value in points:
-            writer.add_scalar(tag, value, step)
-    writer.close()
-    return directory
-
-
-def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys, write_run):
     run = write_run(tmp_path / "runs" / "a", SERIES)
     out = tmp_path / "t.toml"
     cases = [

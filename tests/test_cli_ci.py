@@ -13,7 +13,6 @@ import pytest
 import torch
 from pytorch_lightning.demos.boring_classes import BoringModel
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 
 from ln_diagnostics.callbacks import LayerDiagnostics
 from ln_diagnostics.cli import _check_junit, main
@@ -90,15 +89,6 @@ def validate_junit(element: ET.Element) -> None:
         validate_junit(child)
 
 
-def write_run(directory: Path, scalars: dict[str, list[tuple[int, float]]]) -> Path:
-    writer = SummaryWriter(str(directory))
-    for tag, points in scalars.items():
-        for step, value in points:
-            writer.add_scalar(tag, value, step)
-    writer.close()
-    return directory
-
-
 # logged in the order net.10, net.2, net.1: neither logged nor text order is numeric order
 LAYERS = {
     "gradients/norm/net.10": [(0, 1.0), (1, 20.0)],
@@ -145,7 +135,9 @@ def table(out: str) -> list[list[str]]:
     return [line.split() for line in out.splitlines()]
 
 
-def test_check_warn_severity_failures_only_and_natural_order(tmp_path, rules_file, capsys):
+def test_check_warn_severity_failures_only_and_natural_order(
+    tmp_path, rules_file, capsys, write_run
+):
     logdir = write_run(tmp_path / "run", LAYERS)
     report = tmp_path / "r.json"
     # defaults first: every row
@@ -180,7 +172,7 @@ def test_check_warn_severity_failures_only_and_natural_order(tmp_path, rules_fil
     assert rows[-1][:8] == "7 checks: 4 passed, 2 failed, 1 warned,".split()
 
 
-def test_a_failing_warn_rule_alone_passes(tmp_path, capsys):
+def test_a_failing_warn_rule_alone_passes(tmp_path, capsys, write_run):
     logdir = write_run(tmp_path / "run", LAYERS)
     file = tmp_path / "warn.toml"
     file.write_text('[[rule]]\ntag = "gradients/norm/*"\nmax = 10.0\nseverity = "warn"\n')
@@ -193,7 +185,7 @@ def test_a_failing_warn_rule_alone_passes(tmp_path, capsys):
     assert "key 'severity' must be one of error, warn; got 'fatal'" in capsys.readouterr().err
 
 
-def test_junit_is_valid_strict_junit_and_names_cases_by_tag(tmp_path):
+def test_junit_is_valid_strict_junit_and_names_cases_by_tag(tmp_path, write_run):
     logdir = write_run(tmp_path / "run", LAYERS)
     rules, junit = tmp_path / "rules.toml", tmp_path / "j.xml"
     rules.write_text(RULES.replace('severity = "warn"\n', ""))  # defaults first
@@ -218,7 +210,7 @@ def test_junit_is_valid_strict_junit_and_names_cases_by_tag(tmp_path):
     assert warned.find("system-out").text.startswith("WARN rule 'total'")
 
 
-def test_junit_of_several_runs_names_cases_run_and_tag(tmp_path):
+def test_junit_of_several_runs_names_cases_run_and_tag(tmp_path, write_run):
     rules_file = tmp_path / "rules.toml"
     rules_file.write_text(RULES.replace('severity = "warn"\n', ""))
     write_run(tmp_path / "logs" / "b", LAYERS)
@@ -242,7 +234,7 @@ def test_junit_is_linear_in_the_number_of_rules():
     assert elapsed < 10  # one scan of the results per rule took minutes at this size
 
 
-def test_compare_failures_only_natural_order_and_summary_line(tmp_path, capsys):
+def test_compare_failures_only_natural_order_and_summary_line(tmp_path, capsys, write_run):
     base = write_run(tmp_path / "base", LAYERS)
     changed = {tag: [(s, v * (3.0 if "net.1" in tag else 1.0)) for s, v in points]
                for tag, points in LAYERS.items()}  # fmt: skip
