@@ -32,9 +32,9 @@ from ln_diagnostics.errors import ThresholdViolation
 from ln_diagnostics.tags import natural_key
 from ln_diagnostics.thresholds.engine import (
     RuleResult,
+    _excess,
     describe_unmatched,
     evaluate_series,
-    excess,
     is_settled,
     matches,
     value_passes,
@@ -198,7 +198,7 @@ class DiagnosticThresholds(pl.Callback):
         if rule.key in self._reported:
             return
         self._reported.add(rule.key)
-        worst = max(failures, key=lambda result: excess(rule, result.value))
+        worst = max(failures, key=lambda result: _excess(rule, result.value))
         error = ThresholdViolation(
             rule.label,
             worst.tag,

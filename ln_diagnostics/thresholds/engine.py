@@ -98,15 +98,8 @@ def value_passes(rule: Rule, value: float) -> bool:
     return rule.max is None or value <= rule.max
 
 
-def excess(rule: Rule, value: float) -> float:
-    """How far a value lies beyond the nearest bound (negative: inside, the headroom).
-
-    NaN is infinitely far, so of several failing values of one rule the worst has the largest.
-
-    Example:
-        >>> excess(Rule(tag="x", max=10.0), 12.0), excess(Rule(tag="x", min=0.0, max=10.0), 9.0)
-        (2.0, -1.0)
-    """
+def _excess(rule: Rule, value: float) -> float:
+    """How far a value lies beyond the nearest bound (negative: inside, the headroom)."""
     if math.isnan(value):
         return math.inf
     distances = []
@@ -169,7 +162,7 @@ def evaluate_series(rule: Rule, tag: str, points: Series) -> RuleResult:
         raise ValueError(f"evaluate_series: no points for tag {tag!r}")
     first_nan = next((p for p in points if math.isnan(p[1])), None)
     if rule.over == "all":
-        step, value = first_nan or max(points, key=lambda p: excess(rule, p[1]))
+        step, value = first_nan or max(points, key=lambda p: _excess(rule, p[1]))
     elif rule.over == "last":
         step, value = points[-1]
     elif first_nan is not None:
