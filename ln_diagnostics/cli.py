@@ -342,17 +342,16 @@ def _compare(args: argparse.Namespace) -> int:
             b, c = _reduce(base[tag], args.over), _reduce(cand[tag], args.over)
             differs = _differs(b, c, args.rtol, args.atol)
             rel = (c - b) / abs(b) if b != 0 and math.isfinite(b) and math.isfinite(c) else None
-            if differs or not args.failures_only:
-                rows.append(
-                    [
-                        tag,
-                        _fmt(b),
-                        _fmt(c),
-                        f"{c - b:+.3g}",
-                        "n/a" if rel is None else f"{rel * 100:+.3g}%",
-                        "DIFF" if differs else "ok",
-                    ]
-                )
+            rows.append(
+                [
+                    tag,
+                    _fmt(b),
+                    _fmt(c),
+                    f"{c - b:+.3g}",
+                    "n/a" if rel is None else f"{rel * 100:+.3g}%",
+                    "DIFF" if differs else "ok",
+                ]
+            )
             entries.append(
                 {
                     "tag": tag,
@@ -368,6 +367,8 @@ def _compare(args: argparse.Namespace) -> int:
         only_cand = sorted((tag for tag in cand if tag not in base), key=natural_key)
         label = base_name if base_name == cand_name else f"{base_name} vs {cand_name}"
         print(f"run {label}: {args.over} value per tag")
+        if args.failures_only:
+            rows = [row for row in rows if row[-1] == "DIFF"]
         if rows:
             print(_table(["TAG", "BASELINE", "CANDIDATE", "DELTA", "REL", "RESULT"], rows))
         elif not common:
@@ -430,27 +431,27 @@ def _summary(args: argparse.Namespace) -> int:
         if index:
             print()
         last_step = max((s for points in scalars.values() for s, _ in points), default=0)
+        width = None if args.wide else SUMMARY_WIDTH
+        print(_clip(f"run {run} (latest values, last step {last_step})", width, keep="start"))
         layers: dict[str, dict[str, float]] = {}
         columns: dict[str, None] = {}
-        health: list[tuple[str, float, int]] = []
-        other: list[tuple[str, float, int]] = []
+        health: list[list[str]] = []
+        other: list[list[str]] = []
         for tag, points in scalars.items():
             if not points:
                 continue
             step, value = _latest(points)
             parsed = parse_tag(tag)
             if parsed is None:
-                other.append((tag, value, step))
+                other.append([tag, _fmt(value), str(step)])
             elif parsed.group == HEALTH:
-                health.append((tag, value, step))
+                health.append([tag, _fmt(value), str(step)])
             else:
                 assert parsed.layer is not None  # per-layer groups always carry a layer
                 prefix = tag[: len(tag) - len(f"{parsed.group}/{parsed.stat}/{parsed.layer}")]
                 column = f"{parsed.group}/{parsed.stat}"
                 columns.setdefault(column)
                 layers.setdefault(prefix + parsed.layer, {})[column] = value
-        width = None if args.wide else SUMMARY_WIDTH
-        print(_clip(f"run {run} (latest values, last step {last_step})", width, keep="start"))
         if layers:
             print(_layer_table(layers, list(columns), width))
         if health:
@@ -518,19 +519,14 @@ def _layer_table(
     return text
 
 
-def _scalar_table(label: str, rows: Sequence[tuple[str, float, int]], width: int | None) -> str:
+def _scalar_table(label: str, rows: Sequence[Sequence[str]], width: int | None) -> str:
     """``TAG VALUE STEP`` rows in natural order of the tag, tags cut from the left to fit."""
     rows = sorted(rows, key=lambda row: natural_key(row[0]))
-    cells = [(_fmt(value), str(step)) for _, value, step in rows]
     rest = [
-        max(len("VALUE"), *(len(v) for v, _ in cells)),
-        max(len("STEP"), *(len(s) for _, s in cells)),
+        max(len(head), *(len(row[i]) for row in rows)) for i, head in ((1, "VALUE"), (2, "STEP"))
     ]
-    tag_width = _fitted(label, [tag for tag, _, _ in rows], rest, width)
-    return _table(
-        [label, "VALUE", "STEP"],
-        [[_clip(tag, tag_width), *cell] for (tag, _, _), cell in zip(rows, cells, strict=True)],
-    )
+    tag_width = _fitted(label, [row[0] for row in rows], rest, width)
+    return _table([label, "VALUE", "STEP"], [[_clip(row[0], tag_width), *row[1:]] for row in rows])
 
 
 # ----------------------------------------------------------------------------- baseline
