@@ -84,8 +84,12 @@ def _family(tag: str) -> tuple[str, str] | None:
     return glob.escape(family) + "*", parsed.stat
 
 
+def _is_count(stat: str) -> bool:
+    return stat == "nonfinite" or stat.startswith("nonfinite_")
+
+
 def _kind(stat: str, low: float) -> str:
-    if stat == "nonfinite" or stat.startswith("nonfinite_"):
+    if _is_count(stat):
         return "count"
     if stat.endswith("_frac"):
         return "fraction"
@@ -103,16 +107,25 @@ def _limits(
 ) -> tuple[float | None, float]:
     if kind == "count":
         return None, 0.0
-    if kind == "fraction":
-        return max(0.0, low - margin), min(1.0, high + margin)
-    if kind == "cosine":
-        return max(-1.0, low - margin), min(1.0, high + margin)
+    if kind in ("fraction", "cosine"):
+        floor = 0.0 if kind == "fraction" else -1.0
+        # within the statistic's range, yet never inside what was logged
+        return max(min(floor, low), low - margin), min(max(1.0, high), high + margin)
     if kind == "log10":
         return low - math.log10(factor), high + math.log10(factor)
     if kind == "signed":
         width = max(high - low, abs(low), abs(high))
         return low - width, high + width
     return low / factor, high * factor
+
+
+@dataclass
+class _Family:
+    stat: str
+    low: float = math.inf
+    high: float = -math.inf
+    tags: int = 0
+    points: int = 0
 
 
 def baseline_bounds(
@@ -140,34 +153,35 @@ def baseline_bounds(
         raise ValueError(f"factor must be a finite number > 1; got {factor!r}")
     if not (math.isfinite(fraction_margin) and fraction_margin >= 0):
         raise ValueError(f"fraction_margin must be a finite number >= 0; got {fraction_margin!r}")
-    families: dict[str, tuple[str, list[float], list[int]]] = {}
+    families: dict[str, _Family] = {}
     for tag, points in series_by_tag.items():
-        family = _family(tag)
-        if family is None or not points:
+        found = _family(tag)
+        if found is None or not points:
             continue
-        pattern, stat = family
-        _, extremes, counts = families.setdefault(pattern, (stat, [math.inf, -math.inf], [0, 0]))
+        pattern, stat = found
+        family = families.setdefault(pattern, _Family(stat))
+        count = _is_count(stat)
         for step, value in points:
-            if not math.isfinite(value) or (_kind(stat, 0.0) == "count" and value != 0):
+            if not math.isfinite(value) or (count and value != 0):
                 raise BaselineError(
                     f"{tag} = {value:g} at step {step}: a baseline needs a healthy run "
                     "(finite values, no non-finite counts)"
                 )
-            extremes[0] = min(extremes[0], value)
-            extremes[1] = max(extremes[1], value)
-        counts[0] += 1
-        counts[1] += len(points)
+            family.low = min(family.low, value)
+            family.high = max(family.high, value)
+        family.tags += 1
+        family.points += len(points)
     if not families:
         raise BaselineError(
             "no ln-diagnostics scalar (activations/, gradients/, health/, ...) to derive a "
             "baseline from; log the run with LayerDiagnostics"
         )
     bounds = []
-    for pattern, (stat, (low, high), (tags, points)) in families.items():
-        kind = _kind(stat, low)
-        lower, upper = _limits(kind, low, high, factor, fraction_margin)
+    for pattern, family in families.items():
+        kind = _kind(family.stat, family.low)
+        lower, upper = _limits(kind, family.low, family.high, factor, fraction_margin)
         rule = Rule(tag=pattern, min=lower, max=upper)
-        bounds.append(Bound(rule, kind, low, high, tags, points))
+        bounds.append(Bound(rule, kind, family.low, family.high, family.tags, family.points))
     return bounds
 
 
