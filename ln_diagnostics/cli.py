@@ -590,9 +590,11 @@ threshold file (TOML), one [[rule]] table per rule:
   over = "all"                      # all | last | mean | max | min
   after_step = 100                  # ignore warm-up steps
   optional = false                  # matching no tag is an error unless optional
+  severity = "error"                # error | warn (a failure prints WARN and passes)
 
 example:
   ln-diagnostics check lightning_logs --thresholds thresholds.toml --junit report.xml
+  ln-diagnostics baseline runs/healthy --out thresholds.toml   # rules from a healthy run
 
 exit codes: 0 all rules pass, 1 a rule failed, 2 bad usage or bad input
 """
