@@ -54,10 +54,12 @@ class DiagnosticThresholds(pl.Callback):
     Args:
         rules: a TOML threshold file (``str`` or path) or a list of rule dicts with the keys of a
             ``[[rule]]`` table: ``tag`` (glob), ``min``/``max``, ``over`` (``all``, ``last``,
-            ``mean``, ``max``, ``min``), ``after_step``, ``optional``, ``name``.
+            ``mean``, ``max``, ``min``), ``after_step``, ``optional``, ``name``, ``severity``
+            (``"error"``, or ``"warn"``: a failing rule warns whatever ``on_violation`` says).
         on_violation: ``"raise"`` raises :class:`ln_diagnostics.ThresholdViolation` naming rule,
-            tag, value, bound and step; ``"stop"`` prints that message and sets
-            ``trainer.should_stop``; ``"warn"`` warns once per rule.
+            the worst tag, value, bound and step, and every tag that fails the rule there;
+            ``"stop"`` prints that message and sets ``trainer.should_stop``; ``"warn"`` warns
+            once per rule.
 
     Raises:
         ValueError: a rule is invalid or the file is missing or malformed (the message names the
