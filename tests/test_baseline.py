@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from ln_diagnostics.cli import main
-from ln_diagnostics.thresholds.baseline import BaselineError, baseline_bounds, baseline_toml
+from ln_diagnostics.thresholds.baseline import (
+    BaselineError,
+    baseline_bounds,
+    baseline_toml,
+    folds_of,
+)
 from ln_diagnostics.thresholds.rules import load_rules
 
 RNG = np.random.default_rng(0)
@@ -40,7 +45,9 @@ def extremes(prefix: str) -> tuple[float, float]:
 
 
 def test_bounds_per_kind_match_the_documented_margins():
-    bounds = {b.rule.tag: b for b in baseline_bounds(SERIES, factor=4.0, fraction_margin=0.05)}
+    bounds = {
+        b.rule.tag: b for b in baseline_bounds(folds_of(SERIES), factor=4.0, fraction_margin=0.05)
+    }
     assert list(bounds) == [
         "activations/std/*",
         "activations/mean/*",
@@ -78,7 +85,7 @@ def test_bounds_per_kind_match_the_documented_margins():
 
 
 def test_the_file_reads_back_to_the_same_rules(tmp_path):
-    bounds = baseline_bounds(SERIES)
+    bounds = baseline_bounds(folds_of(SERIES))
     file = tmp_path / "t.toml"
     file.write_text(baseline_toml(bounds, header=["from a test"]))
     assert load_rules(file) == tuple(b.rule for b in bounds)
@@ -94,16 +101,16 @@ def test_the_file_reads_back_to_the_same_rules(tmp_path):
 )
 def test_an_unhealthy_run_gets_no_baseline(tag, value, message):
     with pytest.raises(BaselineError, match=message):
-        baseline_bounds({**SERIES, tag: [(0, 0.0), (10, value)]})
+        baseline_bounds(folds_of({**SERIES, tag: [(0, 0.0), (10, value)]}))
 
 
 def test_bad_margins_and_no_diagnostics():
     with pytest.raises(ValueError, match=r"factor must be a finite number > 1; got 1\.0"):
-        baseline_bounds(SERIES, factor=1.0)
+        baseline_bounds(folds_of(SERIES), factor=1.0)
     with pytest.raises(ValueError, match=r"fraction_margin must be a finite number >= 0; got -1"):
-        baseline_bounds(SERIES, fraction_margin=-1)
+        baseline_bounds(folds_of(SERIES), fraction_margin=-1)
     with pytest.raises(BaselineError, match="no ln-diagnostics scalar"):
-        baseline_bounds({"train/loss": [(0, 1.0)]})
+        baseline_bounds(folds_of({"train/loss": [(0, 1.0)]}))
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, write_run):

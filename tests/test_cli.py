@@ -71,8 +71,8 @@ def test_check_fail_with_json_and_junit(tmp_path, thresholds, capsys, write_run)
     failing = [line for line in out.splitlines() if line.endswith("FAIL")]
     assert len(failing) == 1
     assert failing[0].split() == [
-        "no", "exploding", "gradients", "bad", "gradients/norm/net.2", "50", "1", "max", "10",
-        "all", "FAIL",
+        "no", "exploding", "gradients", "bad", "gradients/norm/net.2", "50", "1", "1", "1", "max",
+        "10", "all", "FAIL",
     ]  # fmt: skip
     assert "6 checks: 5 passed, 1 failed" in out
 

@@ -143,7 +143,9 @@ def test_check_warn_severity_failures_only_and_natural_order(
     # defaults first: every row
     assert main(["check", str(logdir), "--thresholds", str(rules_file), "--json", str(report)]) == 1
     rows = table(capsys.readouterr().out)
-    assert rows[0] == ["RULE", "RUN", "TAG", "VALUE", "STEP", "BOUND", "OVER", "RESULT"]
+    assert rows[0] == [
+        "RULE", "RUN", "TAG", "VALUE", "STEP", "FIRST", "CROSSINGS", "BOUND", "OVER", "RESULT"
+    ]  # fmt: skip
     assert [(r[0], r[2], r[-1]) for r in rows[1:8]] == [
         ("grads", "gradients/norm/net.1", "PASS"),
         ("grads", "gradients/norm/net.2", "FAIL"),
@@ -306,3 +308,16 @@ def test_summary_fits_100_columns_on_a_real_run_and_wide_prints_everything(
     header = wide[1].split()
     assert {"activations/std", "activations/kurtosis", "parameters/norm"} <= set(header)
     assert [line.split()[0] for line in wide[2 : 2 + len(names)]] == names
+
+
+def test_check_rows_show_the_first_crossing_and_how_many(tmp_path, capsys, write_run):
+    logdir = write_run(tmp_path / "run", {"gradients/norm/net.3": [(0, 1.0), (1, 20.0), (2, 50.0),
+                                                                   (3, 5.0)]})  # fmt: skip
+    rules, report = tmp_path / "rules.toml", tmp_path / "r.json"
+    rules.write_text('[[rule]]\ntag = "gradients/norm/*"\nmax = 10.0\n')
+    assert main(["check", str(logdir), "--thresholds", str(rules), "--json", str(report)]) == 1
+    rows = table(capsys.readouterr().out)
+    assert rows[1] == ["gradients/norm/*", ".", "gradients/norm/net.3", "50", "2", "1", "2",
+                       "max", "10", "all", "FAIL"]  # fmt: skip
+    (result,) = json.loads(report.read_text())["results"]
+    assert (result["step"], result["first_step"], result["crossings"]) == (2, 1, 2)

@@ -28,7 +28,7 @@ This module is pure Python, like the rule parser.
 Example:
     >>> series = {"gradients/norm/net.0": [(0, 2.0), (10, 4.0)],
     ...           "gradients/norm/net.2": [(0, 1.0)], "health/nonfinite_grads": [(0, 0.0)]}
-    >>> [(b.rule.tag, b.rule.min, b.rule.max) for b in baseline_bounds(series)]
+    >>> [(b.rule.tag, b.rule.min, b.rule.max) for b in baseline_bounds(folds_of(series))]
     [('gradients/norm/*', 0.1, 40.0), ('health/nonfinite_grads', None, 0.0)]
 """
 
@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ln_diagnostics.tags import HEALTH, parse_tag
+from ln_diagnostics.thresholds.engine import SeriesFold
 from ln_diagnostics.thresholds.rules import Rule
 
 DEFAULT_FACTOR = 10.0
@@ -128,8 +129,19 @@ class _Family:
     points: int = 0
 
 
+def _unhealthy(fold: SeriesFold, count: bool) -> tuple[float, int] | None:
+    """A value that makes a series unhealthy, with its step: NaN, infinite, a non-zero count."""
+    if fold.nans:
+        return math.nan, fold.nan_step
+    if not math.isfinite(fold.high) or (count and fold.high != 0):
+        return fold.high, fold.high_step
+    if not math.isfinite(fold.low) or (count and fold.low != 0):
+        return fold.low, fold.low_step
+    return None
+
+
 def baseline_bounds(
-    series_by_tag: Mapping[str, Sequence[tuple[int, float]]],
+    folds: Mapping[str, SeriesFold],
     *,
     factor: float = DEFAULT_FACTOR,
     fraction_margin: float = DEFAULT_FRACTION_MARGIN,
@@ -137,7 +149,8 @@ def baseline_bounds(
     """The baseline rules of one run, one per tag family, in the order families first appear.
 
     Args:
-        series_by_tag: the run's ``(step, value)`` points per scalar tag.
+        folds: the run's series per scalar tag, folded as they were read (the extremes, the
+            count and the first NaN are all a baseline needs).
         factor: how far scale quantities may move, as a factor either way (> 1).
         fraction_margin: how far fractions and cosines may move, absolute (>= 0).
 
@@ -154,23 +167,22 @@ def baseline_bounds(
     if not (math.isfinite(fraction_margin) and fraction_margin >= 0):
         raise ValueError(f"fraction_margin must be a finite number >= 0; got {fraction_margin!r}")
     families: dict[str, _Family] = {}
-    for tag, points in series_by_tag.items():
+    for tag, fold in folds.items():
         found = _family(tag)
-        if found is None or not points:
+        if found is None or not fold.count:
             continue
         pattern, stat = found
+        bad = _unhealthy(fold, _is_count(stat))
+        if bad is not None:
+            raise BaselineError(
+                f"{tag} = {bad[0]:g} at step {bad[1]}: a baseline needs a healthy run "
+                "(finite values, no non-finite counts)"
+            )
         family = families.setdefault(pattern, _Family(stat))
-        count = _is_count(stat)
-        for step, value in points:
-            if not math.isfinite(value) or (count and value != 0):
-                raise BaselineError(
-                    f"{tag} = {value:g} at step {step}: a baseline needs a healthy run "
-                    "(finite values, no non-finite counts)"
-                )
-            family.low = min(family.low, value)
-            family.high = max(family.high, value)
+        family.low = min(family.low, fold.low)
+        family.high = max(family.high, fold.high)
         family.tags += 1
-        family.points += len(points)
+        family.points += fold.count
     if not families:
         raise BaselineError(
             "no ln-diagnostics scalar (activations/, gradients/, health/, ...) to derive a "
@@ -183,6 +195,22 @@ def baseline_bounds(
         rule = Rule(tag=pattern, min=lower, max=upper)
         bounds.append(Bound(rule, kind, family.low, family.high, family.tags, family.points))
     return bounds
+
+
+def folds_of(series_by_tag: Mapping[str, Sequence[tuple[int, float]]]) -> dict[str, SeriesFold]:
+    """Fold ``(step, value)`` lists, for :func:`baseline_bounds` on series held in memory.
+
+    Example:
+        >>> fold = folds_of({"health/loss": [(0, 2.0), (10, 4.0)]})["health/loss"]
+        >>> fold.high, fold.count
+        (4.0, 2)
+    """
+    folds = {}
+    for tag, points in series_by_tag.items():
+        fold = folds[tag] = SeriesFold()
+        for step, value in points:
+            fold.add(step, value)
+    return folds
 
 
 def _number(value: float) -> str:
@@ -198,7 +226,7 @@ def baseline_toml(bounds: Sequence[Bound], *, header: Sequence[str] = ()) -> str
         header: comment lines written first (without ``#``).
 
     Example:
-        >>> bound = baseline_bounds({"activations/std/fc": [(0, 1.0)]})[0]
+        >>> bound = baseline_bounds(folds_of({"activations/std/fc": [(0, 1.0)]}))[0]
         >>> print(baseline_toml([bound]))
         [[rule]]
         # scale: logged 1 .. 1 (1 tag, 1 point)
