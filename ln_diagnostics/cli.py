@@ -815,7 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline",
         help="write a threshold file from a healthy run",
         description="Write a threshold file whose bounds surround what a healthy run logged.",
-        epilog=_BASELINE_EPILOG,
+        epilog=_BASELINE_EPILOG + "\n" + _READING_EPILOG,
         formatter_class=formatter,
     )
     baseline.add_argument("run", metavar="RUN_DIR", help="log directory of one healthy run")
