@@ -710,8 +710,15 @@ record (a run still being written); --merge reads overlapping files as one resum
 """
 
 
-def _add_reading_options(parser: argparse.ArgumentParser) -> None:
-    """The options every command that reads event files shares."""
+def _command(commands: Any, name: str, *, summary: str, description: str, epilog: str) -> Any:
+    """A sub-parser for a command that reads event files, with the reading options they share."""
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog + "\n" + _READING_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--allow-partial",
         action="store_true",
@@ -724,6 +731,7 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
         help="read several event files of one directory whose steps overlap as one run, in "
         "file order (a run resumed into its own directory) instead of exiting 2",
     )
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -734,14 +742,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 pass, 1 a threshold or regression failed, 2 bad usage or input",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    formatter = argparse.RawDescriptionHelpFormatter
 
-    check = commands.add_parser(
+    check = _command(
+        commands,
         "check",
-        help="check every run under LOGDIR against threshold rules",
+        summary="check every run under LOGDIR against threshold rules",
         description="Check every scalar of every run under LOGDIR against threshold rules.",
-        epilog=_CHECK_EPILOG + "\n" + _READING_EPILOG,
-        formatter_class=formatter,
+        epilog=_CHECK_EPILOG,
     )
     check.add_argument(
         "logdir", metavar="LOGDIR", help="TensorBoard log directory (searched recursively)"
@@ -754,15 +761,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print only the rows that did not pass (FAIL and WARN); the summary line counts all",
     )
-    _add_reading_options(check)
     check.set_defaults(handler=_check)
 
-    compare = commands.add_parser(
+    compare = _command(
+        commands,
         "compare",
-        help="compare the scalars of two log directories",
+        summary="compare the scalars of two log directories",
         description="Compare the last (or mean) value of every scalar tag of two log directories.",
-        epilog=_COMPARE_EPILOG + "\n" + _READING_EPILOG,
-        formatter_class=formatter,
+        epilog=_COMPARE_EPILOG,
     )
     compare.add_argument("baseline", metavar="BASELINE", help="log directory of the reference run")
     compare.add_argument("candidate", metavar="CANDIDATE", help="log directory of the new run")
@@ -790,15 +796,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print only the tags that differ; the summary line counts all",
     )
-    _add_reading_options(compare)
     compare.set_defaults(handler=_compare)
 
-    summary = commands.add_parser(
+    summary = _command(
+        commands,
         "summary",
-        help="print the latest value of every diagnostic, layer by layer",
+        summary="print the latest value of every diagnostic, layer by layer",
         description="Print the latest value of every diagnostic as a per-layer table.",
-        epilog=_SUMMARY_EPILOG + "\n" + _READING_EPILOG,
-        formatter_class=formatter,
+        epilog=_SUMMARY_EPILOG,
     )
     summary.add_argument(
         "logdir", metavar="LOGDIR", help="TensorBoard log directory (searched recursively)"
@@ -808,15 +813,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"every logged column and full names (default: fit {SUMMARY_WIDTH} columns)",
     )
-    _add_reading_options(summary)
     summary.set_defaults(handler=_summary)
 
-    baseline = commands.add_parser(
+    baseline = _command(
+        commands,
         "baseline",
-        help="write a threshold file from a healthy run",
+        summary="write a threshold file from a healthy run",
         description="Write a threshold file whose bounds surround what a healthy run logged.",
-        epilog=_BASELINE_EPILOG + "\n" + _READING_EPILOG,
-        formatter_class=formatter,
+        epilog=_BASELINE_EPILOG,
     )
     baseline.add_argument("run", metavar="RUN_DIR", help="log directory of one healthy run")
     baseline.add_argument("--out", required=True, metavar="FILE", help="threshold file to write")
@@ -833,7 +837,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_FRACTION_MARGIN,
         help=f"how far fractions and cosines may move (default {DEFAULT_FRACTION_MARGIN:g})",
     )
-    _add_reading_options(baseline)
     baseline.set_defaults(handler=_baseline)
     return parser
 
