@@ -120,3 +120,20 @@ def parse_tag(value: str) -> ParsedTag | None:
     if group in LAYER_GROUPS and stat and layer:
         return ParsedTag(group, stat, layer)
     return None
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[str | int, ...]:
+    """Sort key that orders the numbers inside names by value: ``net.2`` before ``net.10``.
+
+    Every list of layers or tags the CLI and the callbacks print is sorted with it.
+
+    Example:
+        >>> sorted(["gradients/norm/net.10", "gradients/norm/net.2"], key=natural_key)
+        ['gradients/norm/net.2', 'gradients/norm/net.10']
+    """
+    # re.split with a group alternates text and digit runs, so items at the same position
+    # are always both str or both int
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name)))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 import struct
 from collections.abc import Callable, Iterator
@@ -33,6 +32,8 @@ from typing import BinaryIO, NoReturn
 
 import google_crc32c
 from tensorboard.compat.proto.event_pb2 import Event
+
+from ln_diagnostics.tags import natural_key
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 EVENT_FILE_GLOB = EVENT_FILE_PREFIX + "*"
@@ -306,10 +307,6 @@ def _walk(directory: Path, ancestors: tuple[tuple[int, int], ...], runs: list[Pa
         runs.append(directory)
 
 
-def _natural(name: str) -> list[str | int]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 def event_files(run_dir: str | os.PathLike[str]) -> list[Path]:
     """The event files directly in ``run_dir`` in creation order.
 
@@ -320,7 +317,7 @@ def event_files(run_dir: str | os.PathLike[str]) -> list[Path]:
     try:
         names = sorted(
             (name for name in os.listdir(directory) if name.startswith(EVENT_FILE_PREFIX)),
-            key=_natural,
+            key=natural_key,
         )
     except OSError as error:
         raise LogDirError(f"cannot read directory '{_text(directory)}': {_why(error)}") from None
