@@ -10,7 +10,11 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
 from ln_diagnostics._validate import check_optional_int
-from ln_diagnostics.callbacks._dashboard import start_dashboard, write_run_summary
+from ln_diagnostics.callbacks._dashboard import (
+    finish_dashboard,
+    start_dashboard,
+    write_run_summary,
+)
 from ln_diagnostics.callbacks._logger import describe_loggers, tensorboard_writer
 from ln_diagnostics.callbacks._probes import ProbeOptions, Probes
 from ln_diagnostics.collect.collector import Collector
@@ -238,6 +242,9 @@ class LayerDiagnostics(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         write_run_summary(self, trainer)  # after every setup hook, so NormSwap has reported
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        finish_dashboard(self)  # the last logging step's heat maps and depth profile
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._collector is not None:
