@@ -54,8 +54,6 @@ HEATMAP_ACTIVATION_STD = "activation_std"
 DEPTH_PROFILE = "depth_profile"
 #: The run's text summary (selected layers, options, NormSwap report).
 SUMMARY_TEXT_TAG = "diagnostics/summary"
-#: The run's diagnosis (findings table); the Text tab lists it before the summary.
-DIAGNOSIS_TEXT_TAG = "diagnosis"
 #: ``health/backprop_depth_log10_step0``: the depth at step 0, written again at every logging step
 #: so that it stays in the chart's view; also an HParams metric.
 DEPTH_STEP0 = "backprop_depth_log10_step0"

@@ -14,8 +14,9 @@ the host only, with values that are already there, so it adds no device synchron
   activation std, layers (forward order) × the last ``max_steps`` logging steps, in colour ranges
   fixed for every run, and the depth profile (four statistics against layer index at step 0 and at
   the latest step). Drawn every ``heatmap_every_n_steps`` and by :meth:`Dashboard.finish`.
-* **Text** and **HParams**: :meth:`Dashboard.write_summary`, :meth:`Dashboard.write_diagnosis`
-  and :meth:`Dashboard.write_hparams`.
+* **Text** and **HParams**: :meth:`Dashboard.write_summary` and :meth:`Dashboard.write_hparams`.
+  The Text tab lists tags by name, so the diagnosis (text ``diagnosis``, written by the diagnosis
+  front end) comes before this summary (``diagnostics/summary``).
 
 Example:
     >>> import tempfile
@@ -44,7 +45,6 @@ from ln_diagnostics.diagnose.depth import hidden_stack
 from ln_diagnostics.tags import (
     DEPTH_PROFILE,
     DEPTH_STEP0,
-    DIAGNOSIS_TEXT_TAG,
     HEALTH_STATS,
     HEATMAP_ACTIVATION_STD,
     HEATMAP_BACKPROP,
@@ -379,10 +379,6 @@ class Dashboard:
         """Write the text summary (options, NormSwap report, layers) to the Text tab."""
         text = run_summary_markdown(rows, options, swap_report=swap_report)
         self.writer.add_text(f"{self.prefix}{SUMMARY_TEXT_TAG}", text, step)
-
-    def write_diagnosis(self, markdown: str, step: int) -> None:
-        """Write the diagnosis (Markdown) as the text ``diagnosis``, listed before the summary."""
-        self.writer.add_text(f"{self.prefix}{DIAGNOSIS_TEXT_TAG}", markdown, step)
 
     def write_hparams(
         self,
