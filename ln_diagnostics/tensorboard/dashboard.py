@@ -90,7 +90,8 @@ WORST_REFERENCE: dict[str, float | None] = {
     "activation_std": 0.0,
 }
 
-# Per-layer statistic behind each view, and its depth-profile panel (title, y range, reference).
+# Each heat map's title and fixed colour scale; each view's depth-profile panel (title, y range
+# shared by all runs, reference line).
 _HEATMAPS = {
     HEATMAP_BACKPROP: ("gradient reaching each layer", BACKPROP_SCALE),
     HEATMAP_ACTIVATION_STD: ("activation std", ACTIVATION_STD_SCALE),

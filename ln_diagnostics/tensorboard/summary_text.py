@@ -199,8 +199,8 @@ def hparam_value(value: Any) -> bool | int | float | str:
         return value
     if value is None:
         return "None"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(hparam_value(v)) for v in value)
+    if isinstance(value, (list, tuple)):  # an empty one is how a ``None`` glob list is kept
+        return ",".join(str(hparam_value(v)) for v in value) if value else "None"
     qualname = getattr(value, "__qualname__", None)
     if isinstance(qualname, str):
         return f"{getattr(value, '__module__', '')}.{qualname}".lstrip(".")

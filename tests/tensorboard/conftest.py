@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -72,10 +73,21 @@ def _stop(proc):
         proc.wait()
 
 
+def last_image_step(base, run, tag):
+    """The last step of image ``tag`` of ``run`` that the server has loaded, or None."""
+    query = urllib.parse.urlencode({"run": run, "tag": tag, "sample": 0})
+    try:
+        entries = request(base, f"/data/plugin/images/images?{query}")
+    except urllib.error.HTTPError:  # not loaded yet
+        return None
+    return entries[-1]["step"] if entries else None
+
+
 @contextlib.contextmanager
-def tensorboard(logdir, n_runs):
+def tensorboard(logdir, n_runs, ready=None):
     """``http://127.0.0.1:<port>`` of a TensorBoard serving ``logdir`` once it lists ``n_runs``
-    runs with scalars."""
+    runs with scalars and ``ready(base_url)`` holds (TensorBoard loads big logs in the
+    background, for many seconds after it starts answering)."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -98,12 +110,22 @@ def tensorboard(logdir, n_runs):
     try:
         _wait(
             proc,
-            lambda: len(request(base, "/data/plugin/scalars/tags")) >= n_runs,
+            lambda: (
+                len(request(base, "/data/plugin/scalars/tags")) >= n_runs
+                and (ready is None or ready(base))
+            ),
             "tensorboard",
+            timeout=180,
         )
         yield base
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def served_image_step():
+    """``served_image_step(base_url, run, tag)``: the last step of an image the server loaded."""
+    return last_image_step
 
 
 def find_chromium():
@@ -166,6 +188,9 @@ class Browser:
         answer = request(self.base, "/session", {"capabilities": {"alwaysMatch": capabilities}})
         self.session = f"/session/{answer['value']['sessionId']}"
 
+    def resize(self, width, height):
+        request(self.base, f"{self.session}/window/rect", {"width": width, "height": height})
+
     def open(self, url):
         request(self.base, f"{self.session}/url", {"url": url}, timeout=60)
 
@@ -195,7 +220,7 @@ class Browser:
 
 @pytest.fixture(scope="session")
 def serve_tensorboard():
-    """``with serve_tensorboard(logdir, n_runs) as base_url: ...``"""
+    """``with serve_tensorboard(logdir, n_runs, ready=None) as base_url: ...``"""
     return tensorboard
 
 
