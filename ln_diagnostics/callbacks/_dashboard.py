@@ -74,10 +74,24 @@ def start_dashboard(callback: Any, trainer: Any, pl_module: Any) -> Dashboard | 
         heatmap_every_n_steps=every,
         layer_types=layer_types(callback._collector),
     )
+    dashboard.load_state_dict(callback._dashboard_state)
     dashboard.write_hparams(
         varied_options(callback), model_hparams=model_hparams(trainer, pl_module)
     )
     return dashboard
+
+
+def dashboard_state(callback: Any) -> dict[str, Any]:
+    """The dashboard's part of the callback's checkpoint state."""
+    dashboard = callback._dashboard
+    return {"dashboard": callback._dashboard_state if dashboard is None else dashboard.state_dict()}
+
+
+def restore_dashboard(callback: Any, state_dict: dict[str, Any]) -> None:
+    """Restore the dashboard's state, now or when :func:`start_dashboard` creates it."""
+    callback._dashboard_state = dict(state_dict.get("dashboard", {}))
+    if callback._dashboard is not None:
+        callback._dashboard.load_state_dict(callback._dashboard_state)
 
 
 def finish_dashboard(callback: Any) -> None:

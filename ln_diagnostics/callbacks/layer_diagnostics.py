@@ -11,7 +11,9 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from ln_diagnostics._validate import check_optional_int
 from ln_diagnostics.callbacks._dashboard import (
+    dashboard_state,
     finish_dashboard,
+    restore_dashboard,
     start_dashboard,
     write_run_summary,
 )
@@ -112,6 +114,7 @@ class LayerDiagnostics(pl.Callback):
         self._begun: int | None = None
         self._paused = ExitStack()
         self._dashboard: Any | None = None
+        self._dashboard_state: dict[str, Any] = {}
         self._probes = Probes(
             ProbeOptions.create(
                 shift_every_n_steps=shift_every_n_steps,
@@ -265,11 +268,12 @@ class LayerDiagnostics(pl.Callback):
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        return {"n_logged": self.n_logged, **self._probes.state_dict()}
+        return {"n_logged": self.n_logged, **self._probes.state_dict(), **dashboard_state(self)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.n_logged = int(state_dict.get("n_logged", 0))
         self._probes.load_state_dict(state_dict)
+        restore_dashboard(self, state_dict)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

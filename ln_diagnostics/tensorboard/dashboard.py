@@ -268,6 +268,15 @@ class Dashboard:
         layout = build_layout(self.layout_stats, prefix=self.prefix)
         self.writer._get_file_writer().add_summary(layout_summary(layout), step)
 
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the step-0 depth (its flat line and HParams metric)."""
+        return {} if self._depth_step0 is None else {"depth_step0": self._depth_step0}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; missing keys leave the dashboard as it is."""
+        self._depth_step0 = state.get("depth_step0", self._depth_step0)
+
     # ------------------------------------------------------------------ pictures
     def heatmap(self, name: str) -> tuple[np.ndarray, list[str], list[int]] | None:
         """The ``(matrix, layer names, steps)`` behind heat map ``name``; ``None`` if empty.
