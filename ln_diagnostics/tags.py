@@ -50,12 +50,22 @@ HEATMAPS = "heatmaps"
 HEATMAP_BACKPROP = "backprop_log10_norm"
 #: ``heatmaps/activation_std``: ``activations/std`` per layer and logging step.
 HEATMAP_ACTIVATION_STD = "activation_std"
+#: ``heatmaps/depth_profile``: four statistics against layer index, at step 0 and the latest step.
+DEPTH_PROFILE = "depth_profile"
 #: The run's text summary (selected layers, options, NormSwap report).
 SUMMARY_TEXT_TAG = "diagnostics/summary"
 #: The diagnosis: a markdown table of findings (``ln_diagnostics.diagnose``).
 DIAGNOSIS_TEXT_TAG = "diagnosis"
 #: The layers in forward order and the batch size, as JSON, for ``ln-diagnostics diagnose``.
 LAYERS_TEXT_TAG = "diagnostics/layers"
+#: ``health/backprop_depth_log10_step0``: the depth at step 0, written again at every logging step
+#: so that it stays in the chart's view; also an HParams metric.
+DEPTH_STEP0 = "backprop_depth_log10_step0"
+#: Dashboard views in log10 (custom-scalars charts have no log axis): ``log10/{quantity}`` for a
+#: model-wide total, ``log10/{quantity}/{role}`` for one layer of the hidden stack.
+LOG10 = "log10"
+#: The layers of the hidden stack that a bounded chart shows, one line each.
+STACK_ROLES: tuple[str, ...] = ("first", "middle", "last", "worst")
 
 
 class ParsedTag(NamedTuple):
@@ -91,6 +101,23 @@ def health_tag(stat: str, *, prefix: str = "") -> str:
 def heatmap_tag(name: str, *, prefix: str = "") -> str:
     """Build an image tag ``{prefix}heatmaps/{name}``."""
     return f"{prefix}{HEATMAPS}/{name}"
+
+
+def log10_tag(quantity: str, role: str | None = None, *, prefix: str = "") -> str:
+    """Build a log10 view tag: ``{prefix}log10/{quantity}`` or ``{prefix}log10/{quantity}/{role}``.
+
+    Example:
+        >>> log10_tag("backprop_norm", "first"), log10_tag("grad_norm_total")
+        ('log10/backprop_norm/first', 'log10/grad_norm_total')
+    """
+    base = f"{prefix}{LOG10}/{quantity}"
+    return base if role is None else f"{base}/{role}"
+
+
+def log10_regex(quantity: str, *, roles: bool, prefix: str = "") -> str:
+    """A regular expression matching one log10 view: every role's tag, or the single total."""
+    base = re.escape(log10_tag(quantity, prefix=prefix))
+    return f"^{base}/({'|'.join(STACK_ROLES)})$" if roles else f"^{base}$"
 
 
 def stat_regex(group: str, stat: str, *, prefix: str = "") -> str:
