@@ -4,7 +4,8 @@ Shared by ``test_conformance.py`` (in-process cases) and ``ddp_worker.py`` (each
 that every case is held to the same checks:
 
 - ``warnings``: no warning raised from a file of the ``ln_diagnostics`` package;
-- ``tags``: every tag group present in the event file, read back with ``EventAccumulator``;
+- ``tags``: every tag group present in the event file, read back with TensorBoard's
+  ``EventAccumulator``;
 - ``layers``: every module that ran at step 0 and that the README says is watched (leaf modules
   with parameters, norm and activation modules) has activation statistics, and every trainable
   parameter's gradient is counted in some ``gradients/norm/<layer>``;
@@ -33,12 +34,12 @@ from typing import Any
 
 import torch
 from pytorch_lightning import Callback, LightningModule, seed_everything
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 import ln_diagnostics
+from ln_diagnostics.tags import layer_name
 
-PACKAGE_DIR = str(Path(ln_diagnostics.__file__).resolve().parent)
+PACKAGE_DIR = Path(ln_diagnostics.__file__).resolve().parent
 GROUPS = ("activations", "gradients", "backprop", "parameters", "updates", "health", "shift")
 CHECKS = ("warnings", "tags", "layers", "grad_norms", "hooks", "trajectory", "swap")
 REL = 1e-5
@@ -61,10 +62,6 @@ def expected_watched(module: nn.Module) -> bool:
     is_norm = isinstance(module, _NORMS) or "Norm" in kind
     is_activation = isinstance(module, _TORCH_ACTIVATIONS) or kind.endswith("Activation")
     return leaf_with_params or is_norm or is_activation
-
-
-def layer_of(name: str) -> str:
-    return name or "<root>"
 
 
 @dataclass
@@ -143,7 +140,7 @@ def _layer_params(model: nn.Module) -> dict[str, list[str]]:
     for name, p in model.named_parameters(remove_duplicate=False):
         first_name.setdefault(id(p), name)
     return {
-        layer_of(name): sorted({first_name[id(p)] for p in m.parameters(recurse=bool(name))})
+        layer_name(name): sorted({first_name[id(p)] for p in m.parameters(recurse=bool(name))})
         for name, m in model.named_modules()
     }
 
@@ -178,9 +175,9 @@ def fit_once(
             run.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             traceback.print_exc()
     run.warnings = [
-        f"{Path(w.filename).name}:{w.lineno}: {w.category.__name__}: {w.message}"
+        f"{Path(w.filename).name}:{w.lineno}: {w.category.__name__}: {w.message}"[:300]
         for w in caught
-        if str(Path(w.filename).resolve()).startswith(PACKAGE_DIR)
+        if PACKAGE_DIR in Path(w.filename).resolve().parents
     ]
     run.hooks = hook_counts(module)
     try:
@@ -198,7 +195,7 @@ def fit_once(
         if kinds_after[kind] < n
     )
     modules = dict(module.named_modules())
-    run.expected = [layer_of(n) for n in run.ran if n and expected_watched(modules[n])]
+    run.expected = [layer_name(n) for n in run.ran if n and expected_watched(modules[n])]
     run.layer_params = _layer_params(module)
     return run
 
@@ -206,9 +203,8 @@ def fit_once(
 # ---------------------------------------------------------------------- checks
 
 
-def _scalars(log_dir: str) -> dict[str, dict[int, float]]:
-    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0, "histograms": 0})
-    acc.Reload()
+def _scalars(acc: Any) -> dict[str, dict[int, float]]:
+    """Every scalar series of an ``EventAccumulator``: tag -> step -> value."""
     return {t: {e.step: e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"]}
 
 
@@ -314,11 +310,14 @@ CHECK_FUNCTIONS = {
 }
 
 
-def evaluate(plain: Run, ours: Run, *, swap: bool) -> dict[str, str]:
-    """One result per check: ``"ok"``, ``"FAIL <reason>"`` or ``"-"`` (not applicable)."""
+def evaluate(plain: Run, ours: Run, *, swap: bool, events: Callable[[str], Any]) -> dict[str, str]:
+    """One result per check: ``"ok"``, ``"FAIL <reason>"`` or ``"-"`` (not applicable).
+
+    ``events`` reads a log directory into an ``EventAccumulator`` (the ``events`` fixture).
+    """
     if plain.error is not None:
         return {name: f"FAIL plain run: {plain.error}" for name in CHECKS}
-    scalars = _scalars(ours.log_dir) if ours.log_dir else {}
+    scalars = _scalars(events(ours.log_dir)) if ours.log_dir else {}
     results = {}
     for name in CHECKS:
         if name == "swap" and not swap:

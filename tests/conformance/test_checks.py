@@ -27,11 +27,13 @@ class BreaksEverything(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         torch.rand(1)
-        warnings.warn_explicit("broken", RuntimeWarning, f"{PACKAGE_DIR}/collect/collector.py", 1)
+        warnings.warn_explicit(
+            "broken", RuntimeWarning, str(PACKAGE_DIR / "collect" / "collector.py"), 1
+        )
         warnings.warn("not ours", UserWarning, stacklevel=1)
 
 
-def test_every_check_fails_on_a_plugin_that_breaks_it(make_trainer, hooks, tensor_hooks):
+def test_every_check_fails_on_a_plugin_that_breaks_it(make_trainer, events, hooks, tensor_hooks):
     def trainer(callbacks):
         return make_trainer(callbacks, max_steps=4, log_every_n_steps=2)
 
@@ -40,7 +42,7 @@ def test_every_check_fails_on_a_plugin_that_breaks_it(make_trainer, hooks, tenso
 
     plain = fit_once(m.MLP, trainer, [], plugin=None, hook_counts=counts)
     broken = fit_once(m.MLP, trainer, [], plugin=BreaksEverything(), hook_counts=counts)
-    results = evaluate(plain, broken, swap=True)
+    results = evaluate(plain, broken, swap=True, events=events)
     assert {check: value.split(" ", 1)[0] for check, value in results.items()} == dict.fromkeys(
         results, "FAIL"
     ), results

@@ -38,7 +38,7 @@ class Case:
         return any(isinstance(c, NormSwap) for c in self.callbacks())
 
 
-def _lm(**kw):
+def _lm():
     return m.token_samples(per_token_labels=True)
 
 
@@ -92,7 +92,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name.replace(" ", "_") for c in CASES])
-def test_conformance(case, make_trainer, hooks, tensor_hooks, record_row):
+def test_conformance(case, make_trainer, events, hooks, tensor_hooks, record_row):
     def trainer(callbacks):
         return make_trainer(callbacks, **{**TRAINER, **case.trainer})
 
@@ -103,7 +103,7 @@ def test_conformance(case, make_trainer, hooks, tensor_hooks, record_row):
     ours = fit_once(
         case.module, trainer, case.callbacks(), plugin=LayerDiagnostics(), hook_counts=counts
     )
-    results = evaluate(plain, ours, swap=case.swaps)
+    results = evaluate(plain, ours, swap=case.swaps, events=events)
     record_row(case.name, results)
     failed = {check: value for check, value in results.items() if value.startswith("FAIL")}
     assert not failed, "\n".join(f"{check}: {value}" for check, value in failed.items())
@@ -124,7 +124,7 @@ def _death(stderr: str) -> str:
     return lines[-1][:240] if lines else "no output"
 
 
-def test_conformance_ddp(tmp_path, record_row):
+def test_conformance_ddp(tmp_path, events, record_row):
     """``strategy="ddp"`` with 2 gloo processes: the same checks, on rank 0's event file and on
     each rank's own trajectory, warnings and hooks."""
     env = {
@@ -146,7 +146,7 @@ def test_conformance_ddp(tmp_path, record_row):
         if (tmp_path / f"rank{rank}.pt").exists()
     }
     if 0 in saved:
-        results = evaluate(saved[0]["plain"], saved[0]["ours"], swap=False)
+        results = evaluate(saved[0]["plain"], saved[0]["ours"], swap=False, events=events)
     else:
         results = {c: f"FAIL rank 0 died: {_death(proc.stderr)}" for c in CHECK_FUNCTIONS}
         results["swap"] = "-"
