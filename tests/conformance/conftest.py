@@ -47,5 +47,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     text = format_table(table)
     terminalreporter.section("conformance: model x check")
     terminalreporter.write_line(text)
-    if config.cache is not None:
+    if getattr(config, "cache", None) is not None:  # absent with -p no:cacheprovider
         (config.cache.mkdir("conformance") / "table.txt").write_text(text + "\n")
