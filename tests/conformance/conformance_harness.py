@@ -4,8 +4,8 @@ Shared by ``test_conformance.py`` (in-process cases) and ``ddp_worker.py`` (each
 that every case is held to the same checks:
 
 - ``warnings``: no warning raised from a file of the ``ln_diagnostics`` package;
-- ``tags``: every tag group present in the event file, read back with TensorBoard's
-  ``EventAccumulator``;
+- ``tags``: every tag group, and activation and gradient histograms, present in the event file,
+  read back with TensorBoard's ``EventAccumulator``;
 - ``layers``: every module that ran at step 0 and that the README says is watched (leaf modules
   with parameters, norm and activation modules) has activation statistics, and every trainable
   parameter's gradient is counted in some ``gradients/norm/<layer>``;
@@ -40,7 +40,18 @@ import ln_diagnostics
 from ln_diagnostics.tags import layer_name
 
 PACKAGE_DIR = Path(ln_diagnostics.__file__).resolve().parent
-GROUPS = ("activations", "gradients", "backprop", "parameters", "updates", "health", "shift")
+#: tag groups every case logs; histograms by default at step 0 (10x the scalar interval)
+GROUPS = (
+    "activations",
+    "gradients",
+    "backprop",
+    "parameters",
+    "updates",
+    "health",
+    "shift",
+    "activations/hist",
+    "gradients/hist",
+)
 CHECKS = ("warnings", "tags", "layers", "grad_norms", "hooks", "trajectory", "swap")
 REL = 1e-5
 OK = "ok"
@@ -203,9 +214,14 @@ def fit_once(
 # ---------------------------------------------------------------------- checks
 
 
-def _scalars(acc: Any) -> dict[str, dict[int, float]]:
-    """Every scalar series of an ``EventAccumulator``: tag -> step -> value."""
-    return {t: {e.step: e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"]}
+def _logged(acc: Any) -> dict[str, dict[int, float]]:
+    """Every series of an ``EventAccumulator``: tag -> step -> value (a histogram's value is the
+    number of values it counts)."""
+    tags = acc.Tags()
+    logged = {t: {e.step: e.value for e in acc.Scalars(t)} for t in tags["scalars"]}
+    for t in tags["histograms"]:
+        logged[t] = {e.step: e.histogram_value.num for e in acc.Histograms(t)}
+    return logged
 
 
 def _first(items: list[str], limit: int = 3) -> str:
@@ -213,22 +229,22 @@ def _first(items: list[str], limit: int = 3) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def check_warnings(plain: Run, ours: Run, scalars: dict) -> str:
+def check_warnings(plain: Run, ours: Run, logged: dict) -> str:
     return OK if not ours.warnings else f"FAIL {len(ours.warnings)}: {_first(ours.warnings, 1)}"
 
 
-def check_tags(plain: Run, ours: Run, scalars: dict) -> str:
-    present = {t.split("/", 1)[0] for t in scalars}
+def check_tags(plain: Run, ours: Run, logged: dict) -> str:
+    present = {part for t in logged for part in (t.split("/")[0], "/".join(t.split("/")[:2]))}
     missing = [g for g in GROUPS if g not in present]
-    return OK if not missing else f"FAIL no {'/'.join(missing)} tags"
+    return OK if not missing else f"FAIL no {', '.join(missing)} tags"
 
 
-def check_layers(plain: Run, ours: Run, scalars: dict) -> str:
-    logged = {t.split("/", 2)[2] for t in scalars if t.startswith("activations/mean/")}
-    missing = [layer for layer in plain.expected if layer not in logged]
+def check_layers(plain: Run, ours: Run, logged: dict) -> str:
+    with_stats = {t.split("/", 2)[2] for t in logged if t.startswith("activations/mean/")}
+    missing = [layer for layer in plain.expected if layer not in with_stats]
     covered = {
         name
-        for t in scalars
+        for t in logged
         if t.startswith("gradients/norm/")
         for name in ours.layer_params.get(t.split("/", 2)[2], [])
     }
@@ -246,9 +262,9 @@ def _norm(grads: Mapping[str, torch.Tensor], names: list[str] | None = None) -> 
     return math.sqrt(math.fsum(g.square().sum().item() for g in values))
 
 
-def check_grad_norms(plain: Run, ours: Run, scalars: dict) -> str:
+def check_grad_norms(plain: Run, ours: Run, logged: dict) -> str:
     compared, bad = 0, []
-    for tag, series in scalars.items():
+    for tag, series in logged.items():
         if tag.startswith("gradients/norm/"):
             names = ours.layer_params.get(tag.split("/", 2)[2])
             if names is None:
@@ -268,7 +284,7 @@ def check_grad_norms(plain: Run, ours: Run, scalars: dict) -> str:
     return OK if not bad else f"FAIL {len(bad)}/{compared}: {_first(bad, 1)}"
 
 
-def check_hooks(plain: Run, ours: Run, scalars: dict) -> str:
+def check_hooks(plain: Run, ours: Run, logged: dict) -> str:
     problems = []
     if ours.hooks != plain.hooks:
         problems.append(f"hooks (module, tensor) {ours.hooks} != {plain.hooks} without us")
@@ -283,7 +299,7 @@ def check_hooks(plain: Run, ours: Run, scalars: dict) -> str:
     )
 
 
-def check_trajectory(plain: Run, ours: Run, scalars: dict) -> str:
+def check_trajectory(plain: Run, ours: Run, logged: dict) -> str:
     if len(plain.losses) != len(ours.losses):
         return f"FAIL {len(ours.losses)} steps vs {len(plain.losses)}"
     for i, (a, b) in enumerate(zip(plain.losses, ours.losses, strict=True)):
@@ -295,7 +311,7 @@ def check_trajectory(plain: Run, ours: Run, scalars: dict) -> str:
     return OK if not changed else f"FAIL final {_first(changed)} differ"
 
 
-def check_swap(plain: Run, ours: Run, scalars: dict) -> str:
+def check_swap(plain: Run, ours: Run, logged: dict) -> str:
     return OK if not ours.lost_modules else f"FAIL swap removed {_first(ours.lost_modules)}"
 
 
@@ -317,7 +333,7 @@ def evaluate(plain: Run, ours: Run, *, swap: bool, events: Callable[[str], Any])
     """
     if plain.error is not None:
         return {name: f"FAIL plain run: {plain.error}" for name in CHECKS}
-    scalars = _scalars(events(ours.log_dir)) if ours.log_dir else {}
+    logged = _logged(events(ours.log_dir)) if ours.log_dir else {}
     results = {}
     for name in CHECKS:
         if name == "swap" and not swap:
@@ -326,7 +342,7 @@ def evaluate(plain: Run, ours: Run, *, swap: bool, events: Callable[[str], Any])
             results[name] = f"FAIL crash: {ours.error}"
         else:
             try:
-                results[name] = CHECK_FUNCTIONS[name](plain, ours, scalars)
+                results[name] = CHECK_FUNCTIONS[name](plain, ours, logged)
             except Exception as exc:
                 results[name] = f"FAIL check raised {type(exc).__name__}: {exc}"[:200]
     return results
