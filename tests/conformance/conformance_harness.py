@@ -230,7 +230,14 @@ def _first(items: list[str], limit: int = 3) -> str:
 
 
 def check_warnings(plain: Run, ours: Run, logged: dict) -> str:
-    return OK if not ours.warnings else f"FAIL {len(ours.warnings)}: {_first(ours.warnings, 1)}"
+    if not ours.warnings:
+        return OK
+    by_site: dict[str, list[str]] = {}  # "file:line" -> its messages
+    for text in ours.warnings:
+        site, _, message = text.partition(": ")
+        by_site.setdefault(site, []).append(message)
+    sites = [f"{len(msgs)}x {site}: {msgs[0][:160]}" for site, msgs in by_site.items()]
+    return f"FAIL {len(ours.warnings)} warnings: " + " | ".join(sites)
 
 
 def check_tags(plain: Run, ours: Run, logged: dict) -> str:

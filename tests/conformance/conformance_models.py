@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader
 
-VOCAB, SEQ, WIDTH, CLASSES, BATCH, SAMPLES = 64, 12, 32, 3, 4, 32
+VOCAB, SEQ, WIDTH, CLASSES, BATCH, SAMPLES, IMAGE = 64, 12, 32, 3, 4, 32, 8
 
 
 def _gen(index: int) -> torch.Generator:
@@ -53,10 +53,10 @@ def padded_token_samples() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return samples
 
 
-def image_samples(channels: int = 3, size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def image_samples() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [
         (
-            torch.randn(channels, size, size, generator=_gen(i)),
+            torch.randn(3, IMAGE, IMAGE, generator=_gen(i)),
             torch.randint(0, 10, (), generator=_gen(i + 500)),
         )
         for i in range(SAMPLES)
@@ -308,7 +308,7 @@ class MobileNetish(nn.Module):
 
 
 class ImageTask(Base):
-    """Classification of 3x16x16 images into 10 classes."""
+    """Classification of 3x8x8 images into 10 classes."""
 
     def __init__(self) -> None:
         super().__init__(image_samples())
@@ -349,7 +349,7 @@ class ViT(ImageTask):
 
     def __init__(self) -> None:
         super().__init__()
-        patches = (16 // 4) ** 2
+        patches = (IMAGE // 4) ** 2
         self.patch_embed = nn.Conv2d(3, WIDTH, 4, 4)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, WIDTH))
         self.pos_embed = nn.Parameter(torch.randn(1, patches + 1, WIDTH) * 0.02)

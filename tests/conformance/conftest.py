@@ -1,5 +1,5 @@
 """The conformance suite's table: one row per case, one column per check, printed at the end of
-the pytest run (also written to ``.pytest_cache/conformance/table.txt``)."""
+the pytest run (also written to ``.pytest_cache/d/conformance/table.txt``)."""
 
 import sys
 from pathlib import Path

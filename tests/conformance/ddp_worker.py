@@ -37,7 +37,7 @@ if __name__ == "__main__":
             strategy="ddp",
             devices=2,
             accelerator="cpu",
-            max_steps=4,
+            max_steps=3,
             log_every_n_steps=2,
             logger=TensorBoardLogger(out, name=name, version=""),
             callbacks=callbacks,

@@ -22,8 +22,8 @@ from torch import nn
 
 from ln_diagnostics.callbacks import LayerDiagnostics, NormSwap
 
-#: every case: 4 optimizer steps, the plugin logging (by the Trainer's interval) at steps 0 and 2
-TRAINER = {"max_steps": 4, "log_every_n_steps": 2}
+#: every case: 3 optimizer steps; the plugin logs at the Trainer's interval, steps 0 and 2
+TRAINER = {"max_steps": 3, "log_every_n_steps": 2}
 
 
 @dataclass(frozen=True)
