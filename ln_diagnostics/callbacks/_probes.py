@@ -3,7 +3,8 @@
 ``ProbeOptions`` validates the constructor arguments; ``Probes`` translates Trainer events into
 :class:`~ln_diagnostics.collect.shift.ShiftProbe` and :class:`~ln_diagnostics.collect.ics.ICSProbe`
 calls, supplies the Lightning defaults (probe batch transfer, the loss from ``training_step``
-with logging muted) and carries the shift references through checkpoints.
+with logging muted, ``training_step`` as the shift probe's forward pass for a module without
+``forward``) and carries the shift references through checkpoints.
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor, nn
 
 from ln_diagnostics._validate import check_globs, check_int, check_optional_int
 from ln_diagnostics.collect.collector import Collector
 from ln_diagnostics.collect.ics import ICSProbe, LossFn
-from ln_diagnostics.collect.probing import ForwardFn, detached_copy, is_plain, map_tensors
+from ln_diagnostics.collect.probing import (
+    ForwardFn,
+    detached_copy,
+    is_plain,
+    map_tensors,
+    preserved_attributes,
+)
 from ln_diagnostics.collect.selection import plain_name
 from ln_diagnostics.collect.shift import ShiftProbe
 from ln_diagnostics.tags import layer_name
@@ -99,15 +107,70 @@ def _muted_logging(pl_module: Any) -> Iterator[None]:
                 setattr(pl_module, name, value)
 
 
+#: Where ``forward`` is defined when a LightningModule's class does not define its own.
+_BASE_FORWARDS = {
+    ("torch.nn.modules.module", "Module"),
+    ("pytorch_lightning.core.module", "LightningModule"),
+    ("lightning.pytorch.core.module", "LightningModule"),
+}
+
+
+def has_own_forward(module: nn.Module) -> bool:
+    """True when ``module``'s class (or a base class of the user's) defines ``forward``, rather
+    than inheriting the unimplemented one of ``nn.Module`` / ``LightningModule``.
+
+    Example:
+        >>> from pytorch_lightning import LightningModule
+        >>> has_own_forward(nn.Linear(2, 2)), has_own_forward(LightningModule())
+        (True, False)
+    """
+    for cls in type(module).__mro__:
+        if "forward" in vars(cls):
+            return (cls.__module__, cls.__qualname__) not in _BASE_FORWARDS
+    return False
+
+
+def _run_training_step(trainer: Any, module: Any, batch: Any, batch_idx: int) -> Any:
+    """``module.training_step`` on ``batch`` as Lightning calls it (``batch_idx`` only when the
+    signature takes it), with logging muted, inside the precision plugin's training context."""
+    step = module.training_step
+    args = (
+        (batch, batch_idx)
+        if is_param_in_hook_signature(step, "batch_idx", min_args=2)
+        else (batch,)
+    )
+    plugin = getattr(trainer, "precision_plugin", None)
+    context = getattr(plugin, "train_step_context", nullcontext)
+    with _muted_logging(module), context():
+        return step(*args)
+
+
+def training_step_forward(trainer: Any) -> ForwardFn:
+    """The shift probe's ``forward(module, batch)`` for a module without ``forward``: its
+    ``training_step(batch, 0)`` with logging muted and the attributes it sets restored
+    (:func:`~ln_diagnostics.collect.probing.preserved_attributes`); the output is ignored, so a
+    loss tensor, a dict or ``None`` all do. The probe runs it under ``no_grad`` and restores RNG
+    and buffers."""
+
+    def forward(module: nn.Module, batch: Any) -> Any:
+        try:
+            with preserved_attributes(module):
+                return _run_training_step(trainer, module, batch, 0)
+        except Exception as exc:
+            raise RuntimeError(
+                f"{type(module).__name__} has no forward(), so the probe ran its training_step "
+                f"on the probe batch, which raised {type(exc).__name__}: {exc}"
+            ) from exc
+
+    return forward
+
+
 def training_step_loss(trainer: Any, batch_idx: int) -> LossFn:
     """``loss(module, batch)`` that calls ``module.training_step(batch, batch_idx)`` with logging
     muted, inside the precision plugin's training context; a dict output gives its ``"loss"``."""
 
     def loss(module: nn.Module, batch: Any) -> Tensor:
-        plugin = getattr(trainer, "precision_plugin", None)
-        context = getattr(plugin, "train_step_context", nullcontext)
-        with _muted_logging(module), context():
-            out = module.training_step(batch, batch_idx)  # type: ignore[operator]
+        out = _run_training_step(trainer, module, batch, batch_idx)
         if isinstance(out, Mapping):
             out = out.get("loss")
         if not isinstance(out, Tensor):
@@ -150,9 +213,13 @@ class Probes:
         self._ics_every = opts.ics_every_n_steps
         self._pending = {}
         self.shift = self.ics = None
+        forward = opts.probe_forward
+        if self._shift_every and forward is None and not has_own_forward(pl_module):
+            forward = self._training_step_forward(trainer, pl_module)
+            self._shift_every = 0 if forward is None else self._shift_every
         if self._shift_every:
             self.shift = ShiftProbe.from_collector(
-                collector, forward=opts.probe_forward, tag_prefix=collector.tag_prefix
+                collector, forward=forward, tag_prefix=collector.tag_prefix
             )
             if opts.probe_batch is not None:
                 self.shift.batch, self._needs_transfer = opts.probe_batch, True
@@ -160,6 +227,21 @@ class Probes:
                 self._apply_loaded()
         if self._ics_every:
             self.ics = self._build_ics(trainer, pl_module, collector)
+
+    @staticmethod
+    def _training_step_forward(trainer: Any, pl_module: Any) -> ForwardFn | None:
+        """``training_step`` as the probe's forward pass, or ``None`` (with a warning) under
+        manual optimization, whose ``training_step`` steps the optimizers itself."""
+        if getattr(pl_module, "automatic_optimization", True):
+            return training_step_forward(trainer)
+        rank_zero_warn(
+            f"LayerDiagnostics: covariate shift is disabled: {type(pl_module).__name__} has no "
+            "forward() and uses manual optimization, so its training_step (which steps the "
+            "optimizers) cannot stand in for a forward pass. Pass probe_forward=<callable(module, "
+            "batch)> that runs the model on one batch, e.g. lambda module, batch: "
+            "module.net(batch[0]), or shift_every_n_steps=0 to silence this."
+        )
+        return None
 
     def _build_ics(self, trainer: Any, pl_module: Any, collector: Collector) -> ICSProbe | None:
         opts = self.options

@@ -46,7 +46,8 @@ class LayerDiagnostics(pl.Callback):
         probe_batch: the batch the shift probe runs on; default: the first training batch.
         probe_forward: ``(module, batch) -> output`` that runs the model on the probe batch;
             default ``module(batch)`` for a tensor, ``module(**batch)`` for a dict, and for a
-            tuple as many leading items as ``forward`` takes (``module(x)`` for ``(x, y)``).
+            tuple as many leading items as ``forward`` takes (``module(x)`` for ``(x, y)``); for
+            a module without ``forward``, its ``training_step`` with logging muted.
         ics_layers: globs of the module names ICS measures; default up to 4 evenly spaced
             watched layers with parameters, in forward order.
         ics_loss: ``(module, batch) -> loss`` for ICS; default: ``training_step``'s loss with
@@ -60,6 +61,9 @@ class LayerDiagnostics(pl.Callback):
     Attributes:
         last_logged: the scalars of the most recent logging step (read by
             ``DiagnosticThresholds``), or ``None``.
+
+    A callback that reads ``last_logged`` can :meth:`add_listener` to be called as soon as a
+    step's scalars are emitted, whatever its place in ``Trainer(callbacks=[...])``.
 
     Example:
         >>> from pytorch_lightning import Trainer
@@ -108,6 +112,7 @@ class LayerDiagnostics(pl.Callback):
         self._begun: int | None = None
         self._paused = ExitStack()
         self._dashboard: Any | None = None
+        self._listeners: list[Callable[[LoggedScalars], None]] = []
         self._probes = Probes(
             ProbeOptions.create(
                 shift_every_n_steps=shift_every_n_steps,
@@ -140,6 +145,23 @@ class LayerDiagnostics(pl.Callback):
             exclude=self.options.exclude,
             **{name: value for name, value in optional.items() if value is not None},
         )
+
+    def add_listener(self, listener: Callable[[LoggedScalars], None]) -> None:
+        """Call ``listener(last_logged)`` after every emitted step, once it is written.
+
+        Example:
+            >>> diag = LayerDiagnostics()
+            >>> seen = []
+            >>> diag.add_listener(seen.append)
+            >>> diag.remove_listener(seen.append)
+        """
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[LoggedScalars], None]) -> None:
+        """Stop calling ``listener``; unknown listeners are ignored."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     # ------------------------------------------------------------------ set-up and tear-down
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -255,6 +277,8 @@ class LayerDiagnostics(pl.Callback):
             self._dashboard.update(report)
         for logger in self._loggers:
             logger.log_metrics(dict(report.scalars), step=report.step)
+        for listener in list(self._listeners):
+            listener(self.last_logged)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
@@ -267,6 +291,11 @@ class LayerDiagnostics(pl.Callback):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(
-            _collector=None, _writer=None, _loggers=[], _paused=ExitStack(), _dashboard=None
+            _collector=None,
+            _writer=None,
+            _loggers=[],
+            _paused=ExitStack(),
+            _dashboard=None,
+            _listeners=[],
         )
         return state

@@ -36,6 +36,11 @@ class NormSwap(pl.Callback):
     to the console, and as a text summary ``norm_swap/report`` in TensorBoard when the trainer
     has a TensorBoard logger. A swap that matches no layer warns once.
 
+    A BatchNorm subclass that applies ``drop``/``act`` children after normalizing (timm's
+    ``BatchNormAct2d``) becomes a :class:`~ln_diagnostics.nn.swap.NormAct` that keeps them; one
+    whose behaviour cannot be kept makes ``setup`` raise ``ValueError`` naming it, before any
+    layer is changed (leave it out with ``exclude``).
+
     Put ``NormSwap`` *before* callbacks that register hooks on layers (such as
     ``LayerDiagnostics``): hooks on a replaced BatchNorm layer do not move to its replacement.
     Layers created in ``configure_model`` do not exist yet at ``setup`` and are not swapped.

@@ -3,8 +3,10 @@
 The callback does not compute anything itself. Every callback in ``trainer.callbacks`` that has
 a ``last_logged`` attribute (``LayerDiagnostics`` does) is a *source*: after each training batch,
 and once more when training ends, each source's newest ``LoggedScalars`` is checked if its step
-has not been checked yet. Rules are the same ``[[rule]]`` tables ``ln-diagnostics check`` reads,
-evaluated by the same engine.
+has not been checked yet. A source that offers ``add_listener`` (``LayerDiagnostics`` does) also
+calls the check the moment it emits a step, so a violation is caught on its own step whether the
+source comes before or after this callback in ``Trainer(callbacks=[...])``. Rules are the same
+``[[rule]]`` tables ``ln-diagnostics check`` reads, evaluated by the same engine.
 
 When a rule is decided:
 
@@ -23,7 +25,8 @@ import hashlib
 import os
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -106,6 +109,7 @@ class DiagnosticThresholds(pl.Callback):
         self._history: dict[str, list[tuple[int, float]]] = {}
         self._seen_tags: set[str] = set()
         self._match_cache: dict[str, tuple[Rule, ...]] = {}
+        self._listening: list[tuple[Any, Callable[[Any], None]]] = []
 
     @property
     def state_key(self) -> str:
@@ -129,13 +133,29 @@ class DiagnosticThresholds(pl.Callback):
         return found
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and not self._sources(trainer) and trainer.is_global_zero:
+        if stage != "fit":
+            return
+        self._stop_listening()
+        for _, source in self._sources(trainer):
+            if callable(getattr(source, "add_listener", None)):
+                listener = partial(self._on_logged, trainer)
+                source.add_listener(listener)
+                self._listening.append((source, listener))
+        if not self._sources(trainer) and trainer.is_global_zero:
             warnings.warn(
                 "DiagnosticThresholds found no callback exposing `last_logged` in "
                 "trainer.callbacks (add LayerDiagnostics()); no threshold will be checked",
                 UserWarning,
                 stacklevel=2,
             )
+
+    def _on_logged(self, trainer: pl.Trainer, logged: Any) -> None:
+        self._poll(trainer)
+
+    def _stop_listening(self) -> None:
+        for source, listener in self._listening:
+            source.remove_listener(listener)
+        self._listening = []
 
     def _poll(self, trainer: pl.Trainer) -> None:
         for name, source in self._sources(trainer):
@@ -241,6 +261,14 @@ class DiagnosticThresholds(pl.Callback):
                     UserWarning,
                     stacklevel=2,
                 )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stop_listening()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._stop_listening()
 
     # ------------------------------------------------------------------ state
 

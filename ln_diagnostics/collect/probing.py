@@ -3,7 +3,8 @@
 The covariate-shift and ICS probes run forward passes that training never asked for. To leave
 the training trajectory bit-for-bit unchanged they restore, afterwards, the random number
 generators (CPU and every initialised CUDA device) and every buffer of the model (BatchNorm
-running statistics and ``num_batches_tracked``, spectral-norm vectors, ...).
+running statistics and ``num_batches_tracked``, spectral-norm vectors, ...). A probe that runs
+a ``training_step`` also restores the attributes it may set (:func:`preserved_attributes`).
 
 Example:
     >>> import torch
@@ -16,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -78,6 +80,66 @@ def preserved_state(model: nn.Module, *, seed: int | None = None) -> Iterator[No
             for live, saved in buffers:
                 live.copy_(saved)
         rng.restore()
+
+
+def _snapshot(value: Any) -> Any:
+    """What :func:`_restore` needs to undo in-place changes of ``value``: a tensor's clone and
+    version counter, a container's shallow copy; nothing for other objects."""
+    if isinstance(value, Tensor):
+        return value.detach().clone(), value._version
+    if isinstance(value, (list, dict, set)):
+        return copy.copy(value)
+    return None
+
+
+def _restore(value: Any, saved: Any) -> Any:
+    """``value`` with the contents :func:`_snapshot` saved put back in place, so that other
+    references to it see them too; a tensor is written only if it was changed in place (its
+    version counter moved) and replaced by its copy if its shape or dtype changed."""
+    if isinstance(value, Tensor):
+        clone, version = saved
+        if value._version == version:
+            return value
+        if value.shape != clone.shape or value.dtype != clone.dtype:
+            return clone
+        with torch.no_grad():
+            value.copy_(clone)
+    elif isinstance(value, list):
+        value[:] = saved
+    elif isinstance(value, (dict, set)):
+        value.clear()
+        value.update(saved)
+    return value
+
+
+@contextmanager
+def preserved_attributes(model: nn.Module) -> Iterator[None]:
+    """Run the block, then undo what it did to the attributes of ``model`` and its submodules.
+
+    For a ``training_step`` run as a probe: an attribute it rebinds (an LSTM's carried
+    ``self.hidden``) or adds is put back or removed; a list, dict or set it changes in place
+    (``self.outputs.append(loss)``) gets its contents back, and so does a tensor attribute that
+    is not a parameter or buffer. Objects deeper than that (a metric object's state) are not
+    restored.
+
+    Example:
+        >>> model = nn.Linear(2, 2)
+        >>> model.outputs = []
+        >>> with preserved_attributes(model):
+        ...     model.outputs.append(1.0)
+        ...     model.hidden = "set by the probe"
+        >>> model.outputs, hasattr(model, "hidden")
+        ([], False)
+    """
+    saved = [(vars(m), {k: (v, _snapshot(v)) for k, v in vars(m).items()}) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for attributes, before in saved:
+            for key in [k for k in attributes if k not in before]:
+                del attributes[key]
+            for key, (value, copied) in before.items():
+                attributes[key] = _restore(value, copied)
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:

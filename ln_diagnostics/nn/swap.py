@@ -12,6 +12,13 @@ in place and anywhere in the module tree, with a layer that normalizes each samp
 
 The per-channel scale and shift are carried over, running statistics are dropped: the swap
 changes the function a pretrained model computes, so fine-tune after swapping.
+
+A BatchNorm subclass that does more than normalize keeps what it does or is refused. timm's
+``BatchNormAct2d`` (mobilenetv3, efficientnet, regnet, lcnet) normalizes, then applies its
+``drop`` and ``act`` children: it becomes a :class:`NormAct` (the new norm, then the same
+``drop`` and ``act`` modules). Any other subclass with children or its own ``forward`` is
+replaced only if, on a test input, its output equals the torch BatchNorm forward followed by
+its ``drop``/``act`` children; otherwise :func:`swap_batchnorm` raises before changing anything.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ln_diagnostics.nn.norms import ChannelLayerNorm, ChannelRMSNorm
 
-__all__ = ["SwapEntry", "SwapReport", "SwapTarget", "swap_batchnorm"]
+__all__ = ["NormAct", "SwapEntry", "SwapReport", "SwapTarget", "swap_batchnorm"]
 
 SwapTarget = Literal["layernorm", "groupnorm", "rmsnorm"]
 TARGETS: tuple[str, ...] = get_args(SwapTarget)
@@ -46,6 +53,38 @@ _TARGET_TYPES: dict[str, type[nn.Module]] = {
 
 BIAS_DROPPED_NOTE = "bias dropped (RMSNorm has no shift)"
 
+#: Children a BatchNorm subclass may apply after normalizing, in this order (timm's
+#: ``BatchNormAct2d`` and ``SyncBatchNormAct``: ``x = self.drop(x); x = self.act(x)``).
+KEPT_CHILDREN = ("drop", "act")
+
+
+class NormAct(nn.Module):
+    """A per-sample norm followed by the ``drop`` and ``act`` modules of the BatchNorm subclass
+    it replaced (timm's ``BatchNormAct2d``): ``act(drop(norm(x)))``.
+
+    Args:
+        norm: the new normalization layer.
+        drop: the old layer's ``drop`` child (``nn.Identity`` when it had none).
+        act: the old layer's ``act`` child (``nn.Identity`` when it had none).
+
+    Example:
+        >>> import torch
+        >>> layer = NormAct(ChannelLayerNorm(4), act=nn.ReLU())
+        >>> bool((layer(torch.randn(2, 4, 3, 3)) >= 0).all())
+        True
+    """
+
+    def __init__(
+        self, norm: nn.Module, *, drop: nn.Module | None = None, act: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.norm = norm
+        self.drop = nn.Identity() if drop is None else drop
+        self.act = nn.Identity() if act is None else act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(self.norm(x)))
+
 
 @dataclass(frozen=True)
 class SwapEntry:
@@ -55,13 +94,17 @@ class SwapEntry:
         name: qualified name from ``named_modules()``; ``""`` for the root module.
         old_type: class name of the BatchNorm layer, e.g. ``"BatchNorm2d"``.
         new_type: class name of its replacement, e.g. ``"ChannelLayerNorm"``.
-        note: anything the caller should know about this layer, e.g. a dropped bias.
+        note: anything the caller should know about this layer, e.g. a dropped bias or the
+            children kept after the new norm.
+        kept: names of the old layer's children that follow the new norm inside a
+            :class:`NormAct` (``("drop", "act")`` for timm's ``BatchNormAct2d``), else ``()``.
     """
 
     name: str
     old_type: str
     new_type: str
     note: str = ""
+    kept: tuple[str, ...] = ()
 
 
 @dataclass
@@ -211,6 +254,79 @@ def _new_layer(old: _BatchNorm, target: str) -> nn.Module:
     return new.train(old.training)
 
 
+def _torch_base(layer: _BatchNorm) -> type[_BatchNorm]:
+    """The nearest ``torch.nn`` class of ``layer`` (``BatchNorm2d`` for ``BatchNormAct2d``)."""
+    return next(c for c in type(layer).__mro__ if c.__module__.startswith("torch.nn."))
+
+
+def _test_input(layer: _BatchNorm) -> torch.Tensor:
+    rank = 4
+    if isinstance(layer, (nn.BatchNorm1d, nn.LazyBatchNorm1d)):
+        rank = 3
+    elif isinstance(layer, (nn.BatchNorm3d, nn.LazyBatchNorm3d)):
+        rank = 5
+    shape = (4, layer.num_features, 3, 3, 3)[:rank]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    floats = [t for t in (*layer.parameters(), *layer.buffers()) if t.is_floating_point()]
+    return x.to(floats[0].device, floats[0].dtype) if floats else x
+
+
+def _same_behaviour(layer: _BatchNorm, children: dict[str, nn.Module]) -> str:
+    """``""`` when ``layer`` computes its torch base class's BatchNorm followed by ``children``
+    (in :data:`KEPT_CHILDREN` order) on a test input, with the same dropout masks; otherwise
+    what differs. Buffers, train/eval modes and the RNG state are restored."""
+    if any(t.is_meta for t in (*layer.parameters(), *layer.buffers())):
+        return "its tensors are on the meta device, so what its forward computes cannot be checked"
+    x = _test_input(layer)
+    modes = [(m, m.training) for m in layer.modules()]
+    buffers = [(b, b.detach().clone()) for b in layer.buffers()]
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    # train mode exercises dropout; a SyncBatchNorm in a process group is checked in eval mode
+    # so that the check runs no collective
+    layer.train(not (isinstance(layer, nn.SyncBatchNorm) and distributed))
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            got = layer(x.clone())
+            torch.manual_seed(0)
+            want = _torch_base(layer).forward(layer, x.clone())
+            for name in KEPT_CHILDREN:
+                if name in children:
+                    want = children[name](want)
+            torch.testing.assert_close(got, want)
+    except AssertionError as error:
+        first = str(error).strip().splitlines()[0]
+        steps = " -> ".join(["BatchNorm", *(n for n in KEPT_CHILDREN if n in children)])
+        return f"its forward is not {steps} on a test input ({first})"
+    except Exception as error:
+        shape = tuple(x.shape)
+        return f"its forward raised {type(error).__name__}: {error} on an input of shape {shape}"
+    finally:
+        with torch.no_grad():
+            for live, saved in buffers:
+                live.copy_(saved)
+        for module, mode in modes:
+            module.training = mode
+    return ""
+
+
+def _kept_children(layer: _BatchNorm) -> dict[str, nn.Module] | str:
+    """The children to apply after the new norm (``{}`` for a plain BatchNorm), or why the
+    layer cannot be replaced without changing what it computes."""
+    children = dict(layer.named_children())
+    if not children and type(layer).forward is _torch_base(layer).forward:
+        return {}
+    others = [n for n in children if n not in KEPT_CHILDREN]
+    if others:
+        return (
+            f"it has children {others} besides {' and '.join(KEPT_CHILDREN)}, which a "
+            "replacement would drop"
+        )
+    kept = {name: children[name] for name in KEPT_CHILDREN if name in children}
+    return _same_behaviour(layer, kept) or kept
+
+
 def _copy_param(dst: nn.Parameter | None, src: torch.Tensor | None) -> None:
     if dst is None or src is None:
         return
@@ -258,6 +374,15 @@ def swap_batchnorm(
     inside ``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict`` or any module). A layer that
     appears under several names is replaced by one new layer everywhere, so sharing is kept.
 
+    A subclass with children or its own ``forward`` keeps its behaviour or is refused. If its
+    children are only ``drop`` and/or ``act`` and, on a test input (train mode, same dropout
+    masks; buffers, modes and RNG restored), its output equals the torch BatchNorm forward
+    followed by ``drop`` then ``act`` — timm's ``BatchNormAct2d`` — it becomes a
+    :class:`NormAct`: the new norm, then the same ``drop`` and ``act`` modules (the report's
+    ``kept`` and note say so). Otherwise (another child, another computation, tensors on the
+    meta device that cannot be checked) nothing is changed and ``ValueError`` lists every such
+    layer and the ``exclude`` that leaves them out; a dry run raises the same.
+
     The new layer has the old one's channel count, ``eps``, ``affine`` flag, device, dtype and
     train/eval mode. With ``copy_affine`` the scale ``γ`` and shift ``β`` (and their
     ``requires_grad``) are copied; ``"rmsnorm"`` has no shift, so ``β`` is dropped, noted in the
@@ -287,8 +412,9 @@ def swap_batchnorm(
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or an option has the wrong type.
-        ValueError: an unknown ``target``, an empty pattern list, or a model wrapped in
-            ``DistributedDataParallel``.
+        ValueError: an unknown ``target``, an empty pattern list, a model wrapped in
+            ``DistributedDataParallel``, or a BatchNorm subclass whose behaviour a replacement
+            cannot keep.
         RuntimeError: a lazy BatchNorm layer that has not seen an input yet (its channel count
             is unknown); run one forward pass first.
 
@@ -337,6 +463,21 @@ def swap_batchnorm(
                 "layer does not know its number of channels until it has seen an input. Run one "
                 "forward pass (e.g. model(example_batch)) before calling swap_batchnorm."
             )
+    kept = {key: _kept_children(layers[key]) for key in selected}
+    refused = [
+        (names_of[key][0] or ROOT_NAME, key) for key in selected if isinstance(kept[key], str)
+    ]
+    if refused:
+        lines = [f"  {name!r} ({type(layers[key]).__name__}): {kept[key]}" for name, key in refused]
+        raise ValueError(
+            f"swap_batchnorm cannot replace {len(refused)} BatchNorm subclass layer(s) without "
+            "changing what they compute; the model was not changed:\n"
+            + "\n".join(lines)
+            + f"\nLeave them out with exclude={[name for name, _ in refused]!r}, or build them "
+            "as a plain BatchNorm followed by separate modules (a subclass whose forward is "
+            "BatchNorm, then its 'drop', then its 'act' child, like timm's BatchNormAct2d, is "
+            "kept as NormAct)."
+        )
 
     new_type = _TARGET_TYPES[target].__name__
     entries: list[SwapEntry] = []
@@ -346,13 +487,21 @@ def swap_batchnorm(
     for key in selected:
         old = layers[key]
         name = names_of[key][0]
-        note = ""
+        children: dict[str, nn.Module] = kept[key]  # type: ignore[assignment]
+        notes = []
         if target == "rmsnorm" and old.affine and copy_affine:
-            note = BIAS_DROPPED_NOTE
+            notes.append(BIAS_DROPPED_NOTE)
             bias = old.bias.detach()
             if bias.device.type != "meta" and bool(torch.any(bias != 0)):
                 dropped_bias.append(name or ROOT_NAME)
-        entries.append(SwapEntry(name, type(old).__name__, new_type, note))
+        layer_type = new_type
+        if children:
+            layer_type = f"{NormAct.__name__}({new_type})"
+            kept_list = ", ".join(f"{n} ({type(m).__name__})" for n, m in children.items())
+            notes.append(f"kept {kept_list} after the new norm")
+        entries.append(
+            SwapEntry(name, type(old).__name__, layer_type, "; ".join(notes), tuple(children))
+        )
         if dry_run:
             continue
         new = _new_layer(old, target)
@@ -361,6 +510,9 @@ def swap_batchnorm(
             _copy_param(getattr(new, "bias", None), old.bias)
         if _has_hooks(old):
             hooked.append(name or ROOT_NAME)
+        if children:
+            new = NormAct(new, **children)
+            new.training = old.training  # the kept children keep their own modes
         replacement[key] = new
 
     report = SwapReport(model=model, swapped=entries, target=target, dry_run=dry_run)
