@@ -7,6 +7,8 @@ Commands (exit codes: 0 pass, 1 a threshold or regression failed, 2 bad usage or
                            [--over last|mean] [--json OUT]
     ln-diagnostics summary LOGDIR
 
+Each also takes ``--allow-partial`` and ``--merge`` (how to read a live or resumed run).
+
 Example:
     >>> main(["check", "lightning_logs", "--thresholds", "thresholds.toml"])  # doctest: +SKIP
     0
@@ -21,17 +23,25 @@ import math
 import os
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ln_diagnostics.tags import HEALTH, parse_tag
-from ln_diagnostics.tensorboard.reader import LogDirError, RunScalars, read_scalars
+from ln_diagnostics.tensorboard.reader import (
+    LogDirError,
+    RunScan,
+    SinkFor,
+    find_runs,
+    run_name,
+    scan_run,
+)
 from ln_diagnostics.thresholds.engine import (
+    RuleIndex,
     RuleResult,
+    RunEvaluator,
+    SeriesFold,
     closest_tags,
-    describe_unmatched,
-    evaluate,
 )
 from ln_diagnostics.thresholds.rules import Rule, RuleError, load_rules
 
@@ -76,30 +86,40 @@ def _write_text(path: str, text: str, what: str) -> None:
 # ----------------------------------------------------------------------------- check
 
 
+def _scan(args: argparse.Namespace, run_dir: Path, sink_for: SinkFor) -> RunScan:
+    """Read one run with the command's reading options; note each incomplete record read up to."""
+    scan = scan_run(run_dir, sink_for, allow_partial=args.allow_partial, merge=args.merge)
+    for path, offset in scan.partial:
+        print(
+            f"{PROG} {args.command}: note: '{path}' ends inside the record at byte {offset}; "
+            "read up to it (--allow-partial)",
+            file=sys.stderr,
+        )
+    return scan
+
+
 def _check(args: argparse.Namespace) -> int:
     rules = load_rules(args.thresholds)
-    runs = read_scalars(args.logdir)
-    evaluations = {run: evaluate(rules, scalars) for run, scalars in runs.items()}
-    all_tags: dict[str, list[tuple[int, float]]] = {}
-    for scalars in runs.values():
-        for tag, points in scalars.items():
-            all_tags.setdefault(tag, []).extend(points)
+    index = RuleIndex(rules)
+    results: list[tuple[str, RuleResult]] = []
     skipped: list[tuple[Rule, str]] = []
-    for rule in rules:
-        if all(rule in evaluation.unmatched for evaluation in evaluations.values()):
-            reason = describe_unmatched(rule, all_tags)
+    for run_dir in find_runs(args.logdir):
+        run = run_name(args.logdir, run_dir)
+        evaluator = RunEvaluator(index)
+        _scan(args, run_dir, evaluator.sink)
+        evaluation = evaluator.evaluation()
+        for rule in evaluation.unmatched:  # every run must match every rule: per run, not overall
+            reason = (
+                f"{evaluator.describe_unmatched(rule)} (searched run '{run}' under '{args.logdir}')"
+            )
             if not rule.optional:
-                where = "any run" if len(runs) > 1 else f"run '{next(iter(runs))}'"
                 raise InputError(
-                    f"{args.thresholds}: {reason} (searched {where} under '{args.logdir}'); "
-                    "fix the glob or set optional = true"
+                    f"{args.thresholds}: {reason}; fix the glob or set optional = true"
                 )
             skipped.append((rule, reason))
-
-    results = [
-        (run, result) for run, evaluation in evaluations.items() for result in evaluation.results
-    ]
-    results.sort(key=lambda item: rules.index(item[1].rule))
+        results.extend((run, result) for result in evaluation.results)
+    position = {id(rule): n for n, rule in enumerate(rules)}
+    results.sort(key=lambda item: position[id(item[1].rule)])  # stable: runs, tags keep order
     print(
         _table(
             ["RULE", "RUN", "TAG", "VALUE", "STEP", "BOUND", "OVER", "RESULT"],
@@ -212,15 +232,39 @@ def _check_junit(
 # ----------------------------------------------------------------------------- compare
 
 
-def _latest(points: Sequence[tuple[int, float]]) -> tuple[int, float]:
-    """The point of the highest step; of several at that step, the one written last."""
-    return max(enumerate(points), key=lambda item: (item[1][0], item[0]))[1]
+RunFolds = dict[str, SeriesFold]  # tag -> the fold of its points (last point, mean, ...)
 
 
-def _reduce(points: Sequence[tuple[int, float]], over: str) -> float:
-    if over == "mean":
-        return sum(value for _, value in points) / len(points)
-    return _latest(points)[1]
+def _read_folds(
+    args: argparse.Namespace, logdir: str, keep: Callable[[str], bool] | None = None
+) -> tuple[dict[str, RunFolds], set[str]]:
+    """Every run's scalar tags (those ``keep`` accepts) folded as read, and all tags met.
+
+    Runs without a scalar are left out; none with one is an error.
+    """
+    runs: dict[str, RunFolds] = {}
+    tags: set[str] = set()
+    for run_dir in find_runs(logdir):
+        folds: RunFolds = {}
+
+        def sink_for(tag: str, folds: RunFolds = folds) -> Callable[[int, float], None] | None:
+            if keep is not None and not keep(tag):
+                return None
+            fold = folds[tag] = SeriesFold()
+            return fold.add
+
+        scan = _scan(args, run_dir, sink_for)
+        tags.update(scan.tags)
+        if scan.tags:
+            runs[run_name(logdir, run_dir)] = folds
+    if not runs:
+        raise LogDirError(f"the event files under '{logdir}' hold no scalars")
+    return runs, tags
+
+
+def _reduce(fold: SeriesFold, over: str) -> float:
+    """The mean, or the point of the highest step (of several there, the one written last)."""
+    return fold.mean if over == "mean" else fold.last
 
 
 def _differs(base: float, cand: float, rtol: float, atol: float) -> bool:
@@ -232,7 +276,7 @@ def _differs(base: float, cand: float, rtol: float, atol: float) -> bool:
 
 
 def _pair_runs(
-    base: Mapping[str, RunScalars], cand: Mapping[str, RunScalars], args: argparse.Namespace
+    base: Mapping[str, RunFolds], cand: Mapping[str, RunFolds], args: argparse.Namespace
 ) -> list[tuple[str, str]]:
     if len(base) == 1 and len(cand) == 1:
         return [(next(iter(base)), next(iter(cand)))]
@@ -247,11 +291,11 @@ def _pair_runs(
 
 
 def _compare(args: argparse.Namespace) -> int:
-    base_runs = read_scalars(args.baseline)
-    cand_runs = read_scalars(args.candidate)
-    pairs = _pair_runs(base_runs, cand_runs, args)
     globs = args.tags or ["*"]
-    all_tags = {tag for runs in (base_runs, cand_runs) for s in runs.values() for tag in s}
+    base_runs, base_tags = _read_folds(args, args.baseline, lambda tag: _selected(tag, globs))
+    cand_runs, cand_tags = _read_folds(args, args.candidate, lambda tag: _selected(tag, globs))
+    pairs = _pair_runs(base_runs, cand_runs, args)
+    all_tags = base_tags | cand_tags
     for glob in globs:
         if not any(fnmatch.fnmatchcase(tag, glob) for tag in all_tags):
             close = closest_tags(glob, all_tags)
@@ -261,8 +305,7 @@ def _compare(args: argparse.Namespace) -> int:
     report: list[dict[str, Any]] = []
     total = differing = 0
     for base_name, cand_name in pairs:
-        base = {t: p for t, p in base_runs[base_name].items() if _selected(t, globs)}
-        cand = {t: p for t, p in cand_runs[cand_name].items() if _selected(t, globs)}
+        base, cand = base_runs[base_name], cand_runs[cand_name]
         common = [tag for tag in base if tag in cand]
         rows, entries = [], []
         for tag in common:
@@ -351,20 +394,18 @@ def _selected(tag: str, globs: Sequence[str]) -> bool:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    runs = read_scalars(args.logdir)
+    runs, _ = _read_folds(args, args.logdir)
     for index, (run, scalars) in enumerate(runs.items()):
         if index:
             print()
-        last_step = max((s for points in scalars.values() for s, _ in points), default=0)
+        last_step = max(fold.last_step for fold in scalars.values())
         print(f"run {run} (latest values, last step {last_step})")
         layers: dict[str, dict[str, float]] = {}
         columns: dict[str, None] = {}
         health: list[list[str]] = []
         other: list[list[str]] = []
-        for tag, points in scalars.items():
-            if not points:
-                continue
-            step, value = _latest(points)
+        for tag, fold in scalars.items():
+            step, value = fold.last_step, fold.last
             parsed = parse_tag(tag)
             if parsed is None:
                 other.append([tag, _fmt(value), str(step)])
@@ -414,7 +455,7 @@ threshold file (TOML), one [[rule]] table per rule:
   max = 10.0                        # min and/or max
   over = "all"                      # all | last | mean | max | min
   after_step = 100                  # ignore warm-up steps
-  optional = false                  # matching no tag is an error unless optional
+  optional = false                  # matching no tag in a run is an error unless optional
 
 example:
   ln-diagnostics check lightning_logs --thresholds thresholds.toml --junit report.xml
@@ -445,6 +486,30 @@ exit codes: 0 printed, 2 bad usage or bad input
 """
 
 
+_READING_EPILOG = """\
+reading: every record of every event file is CRC-checked; a corrupt record, a file or directory
+that cannot be read, or event files of one directory that log a tag at overlapping steps (two
+runs in one directory) exit 2 naming the file. --allow-partial reads up to an incomplete last
+record (a run still being written); --merge reads overlapping files as one resumed run.
+"""
+
+
+def _add_reading_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that reads event files shares."""
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="read up to an event file's incomplete last record (a run still being written) "
+        "instead of exiting 2",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="read several event files of one directory whose steps overlap as one run, in "
+        "file order (a run resumed into its own directory) instead of exiting 2",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ln-diagnostics`` argument parser (one sub-parser per command)."""
     parser = argparse.ArgumentParser(
@@ -459,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="check every run under LOGDIR against threshold rules",
         description="Check every scalar of every run under LOGDIR against threshold rules.",
-        epilog=_CHECK_EPILOG,
+        epilog=_CHECK_EPILOG + "\n" + _READING_EPILOG,
         formatter_class=formatter,
     )
     check.add_argument(
@@ -468,13 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--thresholds", required=True, metavar="FILE", help="TOML threshold file")
     check.add_argument("--json", metavar="OUT", help="also write a JSON report to OUT")
     check.add_argument("--junit", metavar="OUT", help="also write a JUnit XML report to OUT")
+    _add_reading_options(check)
     check.set_defaults(handler=_check)
 
     compare = commands.add_parser(
         "compare",
         help="compare the scalars of two log directories",
         description="Compare the last (or mean) value of every scalar tag of two log directories.",
-        epilog=_COMPARE_EPILOG,
+        epilog=_COMPARE_EPILOG + "\n" + _READING_EPILOG,
         formatter_class=formatter,
     )
     compare.add_argument("baseline", metavar="BASELINE", help="log directory of the reference run")
@@ -498,18 +564,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="value compared per tag: the last point or the mean of all points (default last)",
     )
     compare.add_argument("--json", metavar="OUT", help="also write a JSON report to OUT")
+    _add_reading_options(compare)
     compare.set_defaults(handler=_compare)
 
     summary = commands.add_parser(
         "summary",
         help="print the latest value of every diagnostic, layer by layer",
         description="Print the latest value of every diagnostic as a per-layer table.",
-        epilog=_SUMMARY_EPILOG,
+        epilog=_SUMMARY_EPILOG + "\n" + _READING_EPILOG,
         formatter_class=formatter,
     )
     summary.add_argument(
         "logdir", metavar="LOGDIR", help="TensorBoard log directory (searched recursively)"
     )
+    _add_reading_options(summary)
     summary.set_defaults(handler=_summary)
     return parser
 

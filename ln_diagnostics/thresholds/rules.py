@@ -39,6 +39,7 @@ except ModuleNotFoundError:  # Python 3.10
 Over = Literal["all", "last", "mean", "max", "min"]
 OVER_CHOICES: tuple[str, ...] = ("all", "last", "mean", "max", "min")
 RULE_KEYS: tuple[str, ...] = ("name", "tag", "min", "max", "over", "after_step", "optional")
+MAX_RULE_FILE_BYTES = 16 << 20  # ~300k rules: room for generated files, not for /dev/zero
 _RULE_HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
 
 
@@ -222,8 +223,8 @@ def load_rules(path: str | os.PathLike[str]) -> tuple[Rule, ...]:
         The rules, in file order.
 
     Raises:
-        RuleError: the file is missing, not valid TOML (the message gives line and column),
-            has keys other than ``rule``, or a rule is invalid.
+        RuleError: the file is missing, over 16 MiB, not valid TOML (the message gives line and
+            column), has keys other than ``rule``, or a rule is invalid.
 
     Example:
         >>> import tempfile, pathlib
@@ -234,7 +235,14 @@ def load_rules(path: str | os.PathLike[str]) -> tuple[Rule, ...]:
     """
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        with open(file, "rb") as stream:  # not read_text: /dev/zero would fill the memory
+            data = stream.read(MAX_RULE_FILE_BYTES + 1)
+        if len(data) > MAX_RULE_FILE_BYTES:
+            raise RuleError(
+                f"threshold file '{file}' is larger than {MAX_RULE_FILE_BYTES >> 20} MiB; "
+                "expected a TOML file of [[rule]] tables (is it the right path?)"
+            )
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise RuleError(f"threshold file '{file}' does not exist") from None
     except IsADirectoryError:

@@ -7,12 +7,14 @@ import math
 import pytest
 
 from ln_diagnostics.thresholds.engine import (
+    RuleIndex,
+    RunEvaluator,
+    SeriesFold,
     closest_tags,
     describe_unmatched,
     evaluate,
     evaluate_series,
     is_settled,
-    select,
     value_passes,
 )
 from ln_diagnostics.thresholds.rules import Rule
@@ -57,6 +59,8 @@ def test_evaluate_series(rule, points, value, step, passed):
 def test_evaluate_series_needs_points():
     with pytest.raises(ValueError, match="no points for tag 't'"):
         evaluate_series(Rule(tag="t", max=1.0), "t", [])
+    with pytest.raises(ValueError, match="no points for tag 't' at step >= 5"):
+        evaluate_series(Rule(tag="t", max=1.0, after_step=5), "t", [(4, 0.0)])
 
 
 def test_value_passes():
@@ -72,14 +76,87 @@ def test_value_passes():
     ]
 
 
-def test_select_filters_after_step_sorts_and_drops_empty():
+def test_after_step_filters_and_point_order_does_not_matter():
     rule = Rule(tag="gradients/*", max=1.0, after_step=2)
     series = {
         "gradients/norm/b": [(3, 1.0), (2, 5.0), (1, 9.0)],
         "gradients/norm/a": [(0, 1.0)],
         "health/grad_norm_total": [(5, 1.0)],
     }
-    assert select(rule, series) == {"gradients/norm/b": [(2, 5.0), (3, 1.0)]}
+    (result,) = evaluate([rule], series).results
+    assert (result.tag, result.value, result.step, result.points) == ("gradients/norm/b", 5.0, 2, 2)
+    assert (result.first_step, result.crossings) == (2, 1)
+
+
+@pytest.mark.parametrize("over", ["all", "last", "mean", "max", "min"])
+def test_fold_matches_a_float64_reference_in_any_order(over):
+    """Streamed in shuffled order, every aggregate equals numpy's on the step-sorted series."""
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(0)
+    steps = rng.permutation(500)
+    values = rng.normal(size=500) * 3
+    rule = Rule(tag="t", min=-4.0, max=4.0, over=over)
+    result = evaluate_series(rule, "t", zip(steps.tolist(), values.tolist(), strict=True))
+    ordered = values[np.argsort(steps)]
+    outside = np.flatnonzero((ordered < -4.0) | (ordered > 4.0))
+    expected = {
+        "all": ordered[np.argmax(np.maximum(-4.0 - ordered, ordered - 4.0))],
+        "last": ordered[-1],
+        "mean": ordered.mean(),
+        "max": ordered.max(),
+        "min": ordered.min(),
+    }[over]
+    assert result.value == pytest.approx(expected, rel=1e-12)
+    assert result.points == 500
+    if over == "all":
+        assert (result.first_step, result.crossings) == (int(outside[0]), len(outside))
+
+
+def test_first_crossing_and_count_are_reported_not_the_first_nan():
+    rule = Rule(tag="t", max=10.0)
+    result = evaluate_series(rule, "t", [(0, 1.0), (1, 12.0), (2, NAN), (3, 11.0), (4, 2.0)])
+    assert math.isnan(result.value) and result.step == 2  # the worst point: the first NaN
+    assert (result.first_step, result.crossings) == (1, 3)
+    passing = evaluate_series(rule, "t", [(0, 1.0)])
+    assert (passing.first_step, passing.crossings) == (None, 0)
+    aggregate = evaluate_series(Rule(tag="t", max=1.0, over="mean"), "t", [(0, 1.0), (5, 4.0)])
+    assert (aggregate.first_step, aggregate.crossings) == (5, 1)
+
+
+def test_rules_of_one_tag_with_different_windows_share_nothing():
+    rules = [Rule(tag="t", max=1.0), Rule(tag="t", max=1.0, after_step=10), Rule(tag="*", min=0.0)]
+    run = RunEvaluator(RuleIndex(rules))
+    add = run.sink("t")
+    for step, value in [(0, 5.0), (10, 0.5), (11, -1.0)]:
+        add(step, value)
+    results = run.evaluation().results
+    assert [(r.passed, r.points, r.first_step, r.crossings) for r in results] == [
+        (False, 3, 0, 1),
+        (True, 2, None, 0),
+        (False, 3, 11, 1),
+    ]
+
+
+def test_many_exact_rules_are_matched_in_linear_time():
+    import time
+
+    rules = [Rule(tag=f"activations/std/net.{i}", max=1.0) for i in range(16000)]
+    start = time.perf_counter()
+    run = RunEvaluator(RuleIndex(rules))
+    for i in range(16000):
+        run.sink(f"activations/std/net.{i}")(0, 0.5)
+    evaluation = run.evaluation()
+    assert len(evaluation.results) == 16000 and evaluation.passed
+    assert time.perf_counter() - start < 5.0
+
+
+def test_fold_without_points_and_unwatched_bounds():
+    with pytest.raises(ValueError, match="no points for tag 't' at step >= 3"):
+        SeriesFold(3).result(Rule(tag="t", max=1.0), "t")
+    fold = SeriesFold()
+    fold.add(0, 1.0)
+    with pytest.raises(ValueError, match="bounds were not watched"):
+        fold.result(Rule(tag="t", max=1.0), "t")
 
 
 @pytest.mark.parametrize(
