@@ -190,7 +190,9 @@ class LayerDiagnostics(pl.Callback):
         self._collector = self.options.build(pl_module)
         self._collector.attach()
         if self.group_depth is not None:
-            self._collector.set_groups(block_names(self._collector.names, depth=self.group_depth))
+            self._collector.set_groups(
+                block_names(self._collector.layer_names, depth=self.group_depth)
+            )
         self._probes.setup(trainer, pl_module, self._collector, self._every)
         self._dashboard = start_dashboard(self, trainer, pl_module)  # None without a writer
         self._begun = None

@@ -32,7 +32,7 @@ import math
 import sys
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -59,7 +59,14 @@ from ln_diagnostics.collect.selection import (
     select_modules,
 )
 from ln_diagnostics.stats.histogram import bucket_edges, histogram
-from ln_diagnostics.stats.moments import Moments, Scratch, finalize, power_sums, reshift
+from ln_diagnostics.stats.moments import (
+    Moments,
+    Scratch,
+    dense_values,
+    finalize,
+    power_sums,
+    reshift,
+)
 from ln_diagnostics.tags import (
     ACTIVATIONS,
     BACKPROP,
@@ -113,6 +120,10 @@ class Collector:
     Args:
         model: the model whose parameters count toward the model-wide norms.
         modules: ``(qualified name, module)`` pairs to watch, e.g. from ``select_modules``.
+        owners: ``(qualified name, parameters)`` of parameters no watched module holds, e.g.
+            from ``parameter_owners`` (a ViT's ``cls_token``): their parameter, gradient and
+            update norms and ratios are logged under the owner's name (``<root>`` for the
+            model); they have no activations and no histograms.
         track_updates: copy the watched parameters before the update on logging steps to
             measure ``‖θ_{t+1} − θ_t‖`` (one parameter-sized copy that lives for the logging
             step only).
@@ -124,20 +135,23 @@ class Collector:
         model: nn.Module,
         modules: list[tuple[str, nn.Module]],
         *,
+        owners: Sequence[tuple[str, Sequence[nn.Parameter]]] = (),
         track_updates: bool = True,
         tag_prefix: str = "",
     ) -> None:
         self.model = model
         self.names = [layer_name(name) for name, _ in modules]
         self.modules = [module for _, module in modules]
+        #: every logged layer name: the watched modules', then the parameter owners'
+        self.layer_names = self.names + [layer_name(name) for name, _ in owners]
         self.track_updates = track_updates
         self.tag_prefix = tag_prefix
-        self._saturation = [saturation_kind(m) for m in self.modules]
+        self._saturation = [saturation_kind(m) for m in self.modules] + [None] * len(owners)
         self._params = module_parameters(model)
         position = {id(p): j for j, p in enumerate(self._params)}
         self._module_params = [
-            [position[id(p)] for p in module_parameters(m) if id(p) in position]
-            for m in self.modules
+            [position[id(p)] for p in params if id(p) in position]
+            for params in [module_parameters(m) for m in self.modules] + [p for _, p in owners]
         ]
         self._watched_params = sorted({j for js in self._module_params for j in js})
         self._device = self._params[0].device if self._params else torch.device("cpu")
@@ -206,7 +220,9 @@ class Collector:
         """
         self._grouping = None
         if mapping is not None:
-            self._grouping = Grouping(self.names, self._saturation, self._module_params, mapping)
+            self._grouping = Grouping(
+                self.layer_names, self._saturation, self._module_params, mapping
+            )
 
     def _reset_step_state(self) -> None:
         self._shift: dict[int, Tensor] = {}
@@ -279,8 +295,9 @@ class Collector:
             self._grads = (present + fresh, grad_norms + _norms(grads), param_norms)
         if self._hist_on and self._edges is not None:
             # one row per parameter, merged per module when packed: no concatenated copy
+            # (watched modules only: parameter owners log norms, not histograms)
             grad_of = dict(zip(fresh, grads, strict=True))
-            for i, js in enumerate(self._module_params):
+            for i, js in enumerate(self._module_params[: len(self.modules)]):
                 for j in js:
                     if j in grad_of:
                         self._grad_hist.append(
@@ -328,13 +345,14 @@ class Collector:
         t = primary_tensor(output)
         if t is None or t.numel() == 0:
             return
+        values = dense_values(t.detach())  # a nested tensor's values, without padding
         shift = self._shift.get(i)
-        row = power_sums(t, shift, self._saturation[i], scratch=self.scratch)
+        row = power_sums(values, shift, self._saturation[i], scratch=self.scratch)
         if shift is None:
             self._shift[i] = row[0]
-        self._act.append((i, t.numel(), row))
+        self._act.append((i, values.numel(), row))
         if self._hist_on and self._edges is not None:
-            self._act_hist.append((i, *histogram(t, self._edges, scratch=self.scratch)))
+            self._act_hist.append((i, *histogram(values, self._edges, scratch=self.scratch)))
         if t.requires_grad and torch.is_grad_enabled():
             t.register_hook(partial(self._backward_hook, i))
 
@@ -344,7 +362,7 @@ class Collector:
             return
         try:
             with torch.no_grad():
-                norm = torch.linalg.vector_norm(grad.detach(), dtype=torch.float32)
+                norm = torch.linalg.vector_norm(dense_values(grad.detach()), dtype=torch.float32)
             self._backprop.append((i, norm))
         except Exception as exc:
             self._disable(i, exc)
@@ -391,7 +409,7 @@ class Collector:
 
     # ------------------------------------------------------------------ host side
     def _tag(self, group: str, stat: str, i: int) -> str:
-        key = (group, stat, self.names[i])  # by name: grouped views share the cache
+        key = (group, stat, self.layer_names[i])  # by name: grouped views share the cache
         cached = self._tags.get(key)
         if cached is None:
             cached = self._tags[key] = tag(group, stat, key[2], prefix=self.tag_prefix)
@@ -580,7 +598,7 @@ class Collector:
         self._warned_nonfinite.add(what)
         warnings.warn(
             f"ln-diagnostics: non-finite {what} at step {self.step}; the first layer in forward "
-            f"order that produced them is '{self.names[i]}'.",
+            f"order that produced them is '{self.layer_names[i]}'.",
             RuntimeWarning,
             stacklevel=2,
         )
