@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -273,32 +274,48 @@ def _test_input(layer: _BatchNorm) -> torch.Tensor:
 
 def _same_behaviour(layer: _BatchNorm, children: dict[str, nn.Module]) -> str:
     """``""`` when ``layer`` computes its torch base class's BatchNorm followed by ``children``
-    (in :data:`KEPT_CHILDREN` order) on a test input, with the same dropout masks; otherwise
-    what differs. Buffers, train/eval modes and the RNG state are restored."""
+    (in :data:`KEPT_CHILDREN` order) on a test input, in train mode (same dropout masks) and in
+    eval mode; otherwise what differs. Buffers, train/eval modes and the RNG state are restored,
+    and no forward hook on the layer or its children sees the test input."""
     if any(t.is_meta for t in (*layer.parameters(), *layer.buffers())):
         return "its tensors are on the meta device, so what its forward computes cannot be checked"
     x = _test_input(layer)
-    modes = [(m, m.training) for m in layer.modules()]
+    modules = list(layer.modules())
+    modes = [(m, m.training) for m in modules]
+    hooks = [(m, m._forward_pre_hooks, m._forward_hooks) for m in modules]
     buffers = [(b, b.detach().clone()) for b in layer.buffers()]
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    # train mode exercises dropout; a SyncBatchNorm in a process group is checked in eval mode
-    # so that the check runs no collective
-    layer.train(not (isinstance(layer, nn.SyncBatchNorm) and distributed))
+    # train mode exercises dropout and batch statistics, eval mode the running ones; a
+    # SyncBatchNorm in a process group is checked in eval mode only, so the check runs no
+    # collective
+    checked_modes = (
+        [False] if isinstance(layer, nn.SyncBatchNorm) and distributed else [True, False]
+    )
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    for module in modules:  # the user's hooks (or a collector's) must not see the test input
+        module._forward_pre_hooks, module._forward_hooks = OrderedDict(), OrderedDict()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(0)
-            got = layer(x.clone())
-            torch.manual_seed(0)
-            want = _torch_base(layer).forward(layer, x.clone())
-            for name in KEPT_CHILDREN:
-                if name in children:
-                    want = children[name](want)
-            torch.testing.assert_close(got, want)
-    except AssertionError as error:
-        first = str(error).strip().splitlines()[0]
-        steps = " -> ".join(["BatchNorm", *(n for n in KEPT_CHILDREN if n in children)])
-        return f"its forward is not {steps} on a test input ({first})"
+        for training in checked_modes:
+            layer.train(training)
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                torch.manual_seed(0)
+                got = type(layer).forward(layer, x.clone())
+                for live, saved in buffers:
+                    live.copy_(saved)
+                torch.manual_seed(0)
+                want = _torch_base(layer).forward(layer, x.clone())
+                for name in KEPT_CHILDREN:
+                    if name in children:
+                        want = children[name](want)
+                for live, saved in buffers:
+                    live.copy_(saved)
+            try:
+                torch.testing.assert_close(got, want)
+            except AssertionError as error:
+                first = str(error).strip().splitlines()[0]
+                steps = " -> ".join(["BatchNorm", *(n for n in KEPT_CHILDREN if n in children)])
+                mode = "train" if training else "eval"
+                return f"its forward is not {steps} on a test input in {mode} mode ({first})"
     except Exception as error:
         shape = tuple(x.shape)
         return f"its forward raised {type(error).__name__}: {error} on an input of shape {shape}"
@@ -308,6 +325,8 @@ def _same_behaviour(layer: _BatchNorm, children: dict[str, nn.Module]) -> str:
                 live.copy_(saved)
         for module, mode in modes:
             module.training = mode
+        for module, pre, post in hooks:
+            module._forward_pre_hooks, module._forward_hooks = pre, post
     return ""
 
 

@@ -262,3 +262,33 @@ def test_norm_swap_refuses_an_unknown_forward_before_training(make_trainer):
     with pytest.raises(ValueError, match=r"'net.1' \(DoubledBN\): its forward is not BatchNorm"):
         _trainer(make_trainer, [NormSwap()]).fit(model)
     assert type(model.net[1]) is DoubledBN
+
+
+class EvalClampedBN(nn.BatchNorm2d):
+    """BatchNorm in train mode, but its eval-mode output is clamped: not plain BatchNorm."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y if self.training else y.clamp(-0.5, 0.5)
+
+
+def test_a_subclass_that_differs_only_in_eval_mode_is_refused_and_left_untouched():
+    model = nn.Sequential(nn.Conv2d(3, C, 1), EvalClampedBN(C))
+    with pytest.raises(ValueError, match=r"'1' \(EvalClampedBN\): .*in eval mode"):
+        swap_batchnorm(model)
+    assert type(model[1]) is EvalClampedBN and model[1].training
+
+
+def test_the_check_runs_no_forward_hook_of_the_layer_or_its_children():
+    layer = BatchNormAct2d(C, act_layer=nn.SiLU, drop_layer=nn.Dropout)
+    model = nn.Sequential(nn.Conv2d(3, C, 1), layer)
+    calls = []
+    for module in (layer, layer.drop, layer.act):
+        module.register_forward_pre_hook(lambda m, args: calls.append(("pre", type(m).__name__)))
+        module.register_forward_hook(lambda m, args, out: calls.append(("post", type(m).__name__)))
+    swap_batchnorm(model)
+    assert calls == []
+    assert isinstance(model[1], NormAct)
+    # the kept children keep their hooks
+    model(torch.randn(2, 3, 4, 4))
+    assert ("post", "SiLU") in calls and ("post", "Dropout") in calls
