@@ -29,7 +29,9 @@ def attach(
     Args:
         model: any ``nn.Module`` (anything else raises ``TypeError``).
         writer: a ``torch.utils.tensorboard.SummaryWriter``; ``None`` keeps only
-            ``diag.last_logged`` and the reports returned by ``diag.step()``.
+            ``diag.last_logged`` and the reports returned by ``diag.step()``. Under DDP or
+            FSDP2 (``fully_shard``), call ``attach`` on every rank with the same options and
+            give the writer to rank 0 only: every rank's report holds the global statistics.
         every_n_steps: scalars on step 0 and every n-th step.
         histogram_every_n_steps: histograms of activations and gradients; default
             ``10 * every_n_steps`` and at least 500 steps apart, 0 disables.

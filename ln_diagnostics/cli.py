@@ -6,6 +6,7 @@ Commands (exit codes: 0 pass, 1 a threshold or regression failed, 2 bad usage or
     ln-diagnostics compare BASELINE CANDIDATE [--tags GLOB]... [--rtol R] [--atol A]
                            [--over last|mean] [--json OUT]
     ln-diagnostics summary LOGDIR
+    ln-diagnostics diagnose LOGDIR [--json OUT] [--fail-on error|warning]
 
 Each also takes ``--allow-partial`` and ``--merge`` (how to read a live or resumed run).
 
@@ -27,7 +28,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ln_diagnostics.diagnose import severity_rank
 from ln_diagnostics.tags import HEALTH, parse_tag
+from ln_diagnostics.tensorboard.diagnosis import (
+    diagnose_logdir,
+    finding_results,
+    logdir_json,
+    logdir_report,
+)
 from ln_diagnostics.tensorboard.reader import (
     LogDirError,
     RunScan,
@@ -118,6 +126,7 @@ def _check(args: argparse.Namespace) -> int:
                 )
             skipped.append((rule, reason))
         results.extend((run, result) for result in evaluation.results)
+    results.extend(finding_results(rules, args.logdir))
     position = {id(rule): n for n, rule in enumerate(rules)}
     results.sort(key=lambda item: position[id(item[1].rule)])  # stable: runs, tags keep order
     print(
@@ -434,6 +443,21 @@ def _summary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- diagnose
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    results = diagnose_logdir(args.logdir)
+    print(logdir_report(results))
+    if args.json:
+        _write_text(args.json, json.dumps(logdir_json(results), indent=2), "JSON report")
+    bar = None if args.fail_on is None else severity_rank(args.fail_on)
+    failed = bar is not None and any(
+        severity_rank(f.severity) >= bar for r in results.values() for f in r.findings
+    )
+    return EXIT_FAIL if failed else EXIT_OK
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -579,6 +603,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_reading_options(summary)
     summary.set_defaults(handler=_summary)
+
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="say what is wrong, in which layer, since which step, and what to try",
+        description="Diagnose every run under LOGDIR: findings ranked by severity and step.",
+        epilog="exit codes: 0 diagnosed (1 with --fail-on when a finding of that severity or "
+        "worse exists), 2 bad usage or bad input",
+    )
+    diagnose.add_argument(
+        "logdir", metavar="LOGDIR", help="TensorBoard log directory (searched recursively)"
+    )
+    diagnose.add_argument("--json", metavar="OUT", help="also write a JSON report to OUT")
+    diagnose.add_argument(
+        "--fail-on",
+        choices=("error", "warning"),
+        help="exit 1 when a finding of this severity or worse exists",
+    )
+    diagnose.set_defaults(handler=_diagnose)
     return parser
 
 

@@ -52,6 +52,10 @@ HEATMAP_BACKPROP = "backprop_log10_norm"
 HEATMAP_ACTIVATION_STD = "activation_std"
 #: The run's text summary (selected layers, options, NormSwap report).
 SUMMARY_TEXT_TAG = "diagnostics/summary"
+#: The diagnosis: a markdown table of findings (``ln_diagnostics.diagnose``).
+DIAGNOSIS_TEXT_TAG = "diagnosis"
+#: The layers in forward order and the batch size, as JSON, for ``ln-diagnostics diagnose``.
+LAYERS_TEXT_TAG = "diagnostics/layers"
 
 
 class ParsedTag(NamedTuple):

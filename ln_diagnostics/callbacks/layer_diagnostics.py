@@ -9,14 +9,16 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
-from ln_diagnostics._validate import check_optional_int
+from ln_diagnostics._validate import check_bool, check_optional_int
 from ln_diagnostics.callbacks._dashboard import start_dashboard, write_run_summary
+from ln_diagnostics.callbacks._diagnosis import Diagnosis, console_report
 from ln_diagnostics.callbacks._logger import describe_loggers, tensorboard_writer
 from ln_diagnostics.callbacks._probes import ProbeOptions, Probes
 from ln_diagnostics.collect.collector import Collector
 from ln_diagnostics.collect.grouping import block_names
 from ln_diagnostics.collect.options import SelectionOptions, histogram_interval
 from ln_diagnostics.collect.records import LoggedScalars, StepReport
+from ln_diagnostics.diagnose import Finding
 from ln_diagnostics.tensorboard.writer import write_report
 
 
@@ -60,6 +62,9 @@ class LayerDiagnostics(pl.Callback):
             ``encoder.layers.3.linear1`` is logged as ``encoder.layers.3``) instead of per
             layer, for models with thousands of modules; ``None`` (default) logs every layer.
             See :mod:`ln_diagnostics.collect.grouping` for how statistics are merged.
+        diagnosis: turn the logged statistics into findings (:mod:`ln_diagnostics.diagnose`):
+            the text ``diagnosis`` (a markdown table) is rewritten with every heat-map refresh
+            and at fit end, when rank 0 also prints it; :meth:`diagnose` returns the findings.
 
     Attributes:
         last_logged: the scalars of the most recent logging step (read by
@@ -75,9 +80,13 @@ class LayerDiagnostics(pl.Callback):
         >>> trainer = Trainer(max_steps=2, callbacks=[LayerDiagnostics(every_n_steps=1)],
         ...     default_root_dir=tempfile.mkdtemp(), enable_progress_bar=False,
         ...     enable_model_summary=False, enable_checkpointing=False, logger=True)
-        >>> trainer.fit(BoringModel())
+        >>> trainer.fit(BoringModel())  # doctest: +ELLIPSIS
+        LayerDiagnostics diagnosis (2 logging steps):
+        ...
         >>> sorted(trainer.callbacks[0].last_logged.scalars)[:2]
         ['activations/absmax/layer', 'activations/kurtosis/layer']
+        >>> [finding.kind for finding in trainer.callbacks[0].diagnose()]
+        ['update_ratio_large']
     """
 
     def __init__(
@@ -96,9 +105,12 @@ class LayerDiagnostics(pl.Callback):
         ics_layers: str | Sequence[str] | None = None,
         ics_loss: Callable[[Any, Any], Any] | None = None,
         group_depth: int | None = None,
+        diagnosis: bool = True,
     ) -> None:
         self.every_n_steps = check_optional_int("every_n_steps", every_n_steps, minimum=1)
         self.group_depth = check_optional_int("group_depth", group_depth, minimum=1)
+        self.diagnosis = check_bool("diagnosis", diagnosis)
+        self._diagnosis: Diagnosis | None = None
         self.histogram_every_n_steps = check_optional_int(
             "histogram_every_n_steps", histogram_every_n_steps, minimum=0
         )
@@ -141,6 +153,7 @@ class LayerDiagnostics(pl.Callback):
             "ics_every_n_steps": probe.ics_every_n_steps or None,
             "ics_layers": probe.ics_layers,
             "group_depth": self.group_depth,
+            "diagnosis": None if self.diagnosis else False,
         }
         return self._generate_state_key(
             every_n_steps=self.every_n_steps,
@@ -188,14 +201,30 @@ class LayerDiagnostics(pl.Callback):
                         f"loggers are {describe_loggers(trainer)}, so histograms are skipped and "
                         "scalars go through logger.log_metrics."
                     )
-        if self._writer is None:
-            self._hist_every = 0
-        self._collector = self.options.build(pl_module)
+            if self._writer is None:
+                self._hist_every = 0
+        collector = self.options.build(pl_module)
+        # every rank packs the same layout: rank 0's schedule (histograms need rank 0's writer;
+        # the other ranks' histograms are merged into it) and the same watched modules
+        self._every, self._hist_every, names = trainer.strategy.broadcast(
+            (self._every, self._hist_every, collector.names), src=0
+        )
+        if trainer.strategy.reduce_boolean_decision(names != collector.names, all=False):
+            raise ValueError(
+                "LayerDiagnostics: the ranks do not all watch the same modules (rank 0 watches "
+                f"{len(names)}, this rank, {trainer.global_rank}, watches {len(collector.names)});"
+                " build the same model and pass the same types/include/exclude on every rank, "
+                "since every rank packs the same statistics layout."
+            )
+        self._collector = collector
         self._collector.attach()
         if self.group_depth is not None:
-            self._collector.set_groups(block_names(self._collector.names, depth=self.group_depth))
+            self._collector.set_groups(
+                block_names(self._collector.layer_names, depth=self.group_depth)
+            )
         self._probes.setup(trainer, pl_module, self._collector, self._every)
         self._dashboard = start_dashboard(self, trainer, pl_module)  # None without a writer
+        self._diagnosis = Diagnosis() if self.diagnosis else None
         self._begun = None
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -229,6 +258,8 @@ class LayerDiagnostics(pl.Callback):
             histograms=self._hist_every > 0 and step % self._hist_every == 0,
         )
         self._probes.batch_start(trainer, pl_module, batch, batch_idx, step)
+        if self._diagnosis is not None and step % self._every == 0:
+            self._diagnosis.batch_start(batch)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
@@ -264,6 +295,16 @@ class LayerDiagnostics(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         write_run_summary(self, trainer)  # after every setup hook, so NormSwap has reported
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._diagnosis is not None:
+            findings = self._diagnosis.write(self._writer, trainer.global_step)
+            if trainer.is_global_zero:
+                print(console_report(findings, len(self._diagnosis.history)), flush=True)
+
+    def diagnose(self) -> list[Finding]:
+        """The findings on the statistics logged so far (empty with ``diagnosis=False``)."""
+        return [] if self._diagnosis is None else self._diagnosis.findings()
+
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._collector is not None:
             self._paused.enter_context(self._collector.paused())
@@ -278,6 +319,8 @@ class LayerDiagnostics(pl.Callback):
             write_report(self._writer, report)
         if self._dashboard is not None:
             self._dashboard.update(report)
+        if self._diagnosis is not None:
+            self._diagnosis.update(report, self._collector, self._writer, self._dashboard)
         for logger in self._loggers:
             logger.log_metrics(dict(report.scalars), step=report.step)
         for listener in list(self._listeners):

@@ -40,6 +40,7 @@ from ln_diagnostics.thresholds.engine import (
     matches,
     value_passes,
 )
+from ln_diagnostics.thresholds.findings import evaluate_findings
 from ln_diagnostics.thresholds.rules import Rule, RuleError, load_rules, parse_rules
 
 OnViolation = Literal["raise", "stop", "warn"]
@@ -52,7 +53,9 @@ class DiagnosticThresholds(pl.Callback):
     Args:
         rules: a TOML threshold file (``str`` or path) or a list of rule dicts with the keys of a
             ``[[rule]]`` table: ``tag`` (glob), ``min``/``max``, ``over`` (``all``, ``last``,
-            ``mean``, ``max``, ``min``), ``after_step``, ``optional``, ``name``.
+            ``mean``, ``max``, ``min``), ``after_step``, ``optional``, ``name``; or ``finding``
+            (a finding kind or glob) instead of ``tag`` and bounds, judged at fit end on
+            ``LayerDiagnostics.diagnose()``.
         on_violation: ``"raise"`` raises :class:`ln_diagnostics.ThresholdViolation` naming rule,
             tag, value, bound and step; ``"stop"`` prints that message and sets
             ``trainer.should_stop``; ``"warn"`` warns once per rule.
@@ -222,6 +225,16 @@ class DiagnosticThresholds(pl.Callback):
         elif trainer.is_global_zero:
             warnings.warn(f"DiagnosticThresholds: {error}", UserWarning, stacklevel=2)
 
+    def _check_findings(self, trainer: pl.Trainer) -> None:
+        """``finding`` rules on the diagnosis of every source that offers ``diagnose()``."""
+        rules = [rule for rule in self.rules if rule.finding]
+        for _name, source in self._sources(trainer) if rules else ():
+            if callable(getattr(source, "diagnose", None)):
+                self._matched.update(rule.key for rule in rules)
+                for result in evaluate_findings(rules, source.diagnose()):
+                    if not result.passed:
+                        self._violation(trainer, result)
+
     @staticmethod
     def _bound(result: RuleResult) -> str:
         over = result.rule.over
@@ -241,6 +254,7 @@ class DiagnosticThresholds(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._poll(trainer)
+        self._check_findings(trainer)
         for rule in self._aggregate_rules:
             for result in self._aggregate_results(rule):
                 if not result.passed:

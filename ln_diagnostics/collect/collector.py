@@ -32,7 +32,7 @@ import math
 import sys
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -44,11 +44,14 @@ from torch.utils.hooks import RemovableHandle
 from ln_diagnostics.collect.grouping import Grouping
 from ln_diagnostics.collect.packing import (
     Layout,
+    Status,
+    counted_part,
     gather,
     pack_activations,
     pack_backprop,
     pack_histograms,
     pack_norms,
+    rank,
     split,
 )
 from ln_diagnostics.collect.records import Histogram, StepReport
@@ -59,7 +62,15 @@ from ln_diagnostics.collect.selection import (
     select_modules,
 )
 from ln_diagnostics.stats.histogram import bucket_edges, histogram
-from ln_diagnostics.stats.moments import Moments, Scratch, finalize, power_sums, reshift
+from ln_diagnostics.stats.moments import (
+    CHUNK,
+    Moments,
+    Scratch,
+    dense_values,
+    finalize,
+    power_sums,
+    reshift,
+)
 from ln_diagnostics.tags import (
     ACTIVATIONS,
     BACKPROP,
@@ -75,15 +86,33 @@ __all__ = ["Collector", "select_modules"]
 
 
 def _norms(tensors: list[Tensor]) -> list[Tensor]:
-    """L2 norms in float32 with one fused kernel per (device, dtype) group, no host sync."""
+    """L2 norms with one fused kernel per (device, dtype) group, no host sync.
+
+    Asked for in float64: the CPU then accumulates in float64 (in float32 the norm of a
+    2.4 M-element tensor is off by 4e-5 relative), converting one :data:`CHUNK` of a large
+    tensor at a time so that no float64 copy of it exists; CUDA's fused kernel adds float32
+    inputs in short blocks without a copy. MPS has no float64, so there the norms stay float32.
+    """
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     for index, t in enumerate(tensors):
         groups[(t.device, t.dtype)].append(index)
     out: list[Tensor] = [torch.empty(0)] * len(tensors)
-    for indices in groups.values():
-        norms = torch._foreach_norm([tensors[i] for i in indices], 2.0, dtype=torch.float32)
-        for i, norm in zip(indices, norms, strict=True):
-            out[i] = norm
+    for (device, _), indices in groups.items():
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        parts: list[Tensor] = []
+        counts: list[int] = []
+        for i in indices:
+            t = tensors[i]
+            chunked = device.type == "cpu" and t.numel() > CHUNK
+            chunks = t.reshape(-1).split(CHUNK) if chunked else (t,)
+            parts.extend(chunks)
+            counts.append(len(chunks))
+        norms = torch._foreach_norm(parts, 2.0, dtype=dtype)
+        start = 0
+        for i, count in zip(indices, counts, strict=True):
+            own = norms[start : start + count]
+            out[i] = own[0] if count == 1 else torch.stack(own).norm()
+            start += count
     return out
 
 
@@ -113,6 +142,10 @@ class Collector:
     Args:
         model: the model whose parameters count toward the model-wide norms.
         modules: ``(qualified name, module)`` pairs to watch, e.g. from ``select_modules``.
+        owners: ``(qualified name, parameters)`` of parameters no watched module holds, e.g.
+            from ``parameter_owners`` (a ViT's ``cls_token``): their parameter, gradient and
+            update norms and ratios are logged under the owner's name (``<root>`` for the
+            model); they have no activations and no histograms.
         track_updates: copy the watched parameters before the update on logging steps to
             measure ``‖θ_{t+1} − θ_t‖`` (one parameter-sized copy that lives for the logging
             step only).
@@ -124,25 +157,30 @@ class Collector:
         model: nn.Module,
         modules: list[tuple[str, nn.Module]],
         *,
+        owners: Sequence[tuple[str, Sequence[nn.Parameter]]] = (),
         track_updates: bool = True,
         tag_prefix: str = "",
     ) -> None:
         self.model = model
         self.names = [layer_name(name) for name, _ in modules]
         self.modules = [module for _, module in modules]
+        #: every logged layer name: the watched modules', then the parameter owners'
+        self.layer_names = self.names + [layer_name(name) for name, _ in owners]
         self.track_updates = track_updates
         self.tag_prefix = tag_prefix
-        self._saturation = [saturation_kind(m) for m in self.modules]
-        self._params = module_parameters(model)
-        position = {id(p): j for j, p in enumerate(self._params)}
-        self._module_params = [
-            [position[id(p)] for p in module_parameters(m) if id(p) in position]
-            for m in self.modules
+        self._saturation = [saturation_kind(m) for m in self.modules] + [None] * len(owners)
+        # owners' parameters by (module, attribute name): FSDP2 replaces the objects, not names
+        slots = {
+            id(p): (module, name)
+            for module in model.modules()
+            for name, p in module.named_parameters(recurse=False)
+        }
+        self._owner_slots = [
+            [slots[id(p)] for p in params if id(p) in slots] for _, params in owners
         ]
-        self._watched_params = sorted({j for js in self._module_params for j in js})
-        self._device = self._params[0].device if self._params else torch.device("cpu")
-        # DTensor parameters (FSDP2) hold a shard per rank: their norms add up in squares
-        self._sharded = any(type(p).__name__ == "DTensor" for p in self._params)
+        self._param_ids: list[int] = []
+        self._group_mapping: dict[str, str] | None = None
+        self._bind_parameters()
         self._hooks = [partial(self._forward_hook, i) for i in range(len(self.modules))]
         self._handles: list[RemovableHandle] = []
         self._armed = False
@@ -152,6 +190,7 @@ class Collector:
         self._edges: Tensor | None = None
         self._limits: list[float] = []
         self._warned_nonfinite: set[str] = set()
+        self._warned_failures: set[str] = set()
         #: work buffers of the activation statistics, shared with probes that pause the collector
         self.scratch = Scratch()
         self._tags: dict[tuple[str, str, str], str] = {}
@@ -205,18 +244,49 @@ class Collector:
         See :mod:`ln_diagnostics.collect.grouping` for how each statistic is merged.
         """
         self._grouping = None
+        self._group_mapping = mapping
         if mapping is not None:
-            self._grouping = Grouping(self.names, self._saturation, self._module_params, mapping)
+            self._grouping = Grouping(
+                self.layer_names, self._saturation, self._module_params, mapping
+            )
+
+    def _bind_parameters(self) -> None:
+        """Read the trainable parameters again if the model's changed since the last time.
+
+        FSDP2's ``fully_shard`` replaces a module's parameters by sharded ``DTensor`` ones, also
+        after this collector was built (Lightning's ``ModelParallelStrategy`` shards in
+        ``configure_model``, after the callbacks' ``setup``), and the gradients live on the new
+        parameters. Called on logging steps: one pass over ``model.parameters()``.
+        """
+        params = module_parameters(self.model)
+        ids = [id(p) for p in params]
+        if ids == self._param_ids:
+            return
+        self._params, self._param_ids = params, ids
+        position = {pid: j for j, pid in enumerate(ids)}
+        owned = [module_parameters(m) for m in self.modules] + [
+            [getattr(module, name) for module, name in slots] for slots in self._owner_slots
+        ]
+        self._module_params = [
+            [position[id(p)] for p in params if id(p) in position] for params in owned
+        ]
+        self._watched_params = sorted({j for js in self._module_params for j in js})
+        self._device = self._params[0].device if self._params else torch.device("cpu")
+        self._edges = None  # histogram edges live on that device
+        if self._group_mapping is not None:
+            self.set_groups(self._group_mapping)
 
     def _reset_step_state(self) -> None:
         self._shift: dict[int, Tensor] = {}
         self._act: list[tuple[int, int, Tensor]] = []
         self._act_hist: list[tuple[int, Tensor, Tensor]] = []
         self._backprop: list[tuple[int, Tensor]] = []
-        self._grads: tuple[list[int], list[Tensor], list[Tensor]] | None = None
+        # indices and norms of the gradients, then of the parameters, this rank counts
+        self._grads: tuple[list[int], list[Tensor], list[int], list[Tensor]] | None = None
         self._read: set[int] = set()
         self._grad_hist: list[tuple[int, Tensor, Tensor]] = []
-        self._snapshot: list[Tensor] | None = None
+        self._snapshot: tuple[list[int], list[Tensor]] | None = None
+        self._status = Status.OK
 
     # ------------------------------------------------------------------ step protocol
     def begin_step(self, step: int, *, scalars: bool, histograms: bool) -> None:
@@ -227,6 +297,8 @@ class Collector:
         self._hist_on = histograms
         if self._armed and not self._persistent and _compile_count() != self._compiles:
             self._persistent = True  # compiled since attach, perhaps by a wrapper outside
+        if self._on:
+            self._bind_parameters()
         if self._armed and (self._on or self._persistent):
             self._register()
         elif not self._persistent:
@@ -251,10 +323,20 @@ class Collector:
         With ``optimizer``, read the gradients of its parameters, so that with several
         optimizers stepping in one batch each parameter's gradient is the one its own optimizer
         steps with; without, read every gradient. A parameter is read once per step; parameter
-        norms and the update snapshot are taken at the first call, before any update.
+        norms and the update snapshot are taken at the first call, before any update. Each rank
+        reads the part of every tensor it counts (an FSDP2 shard: see
+        :func:`~ln_diagnostics.collect.packing.counted_part`). A failure warns once; the step's
+        gradient, parameter and update statistics are then not logged, and training goes on.
         """
         if not self._on:
             return
+        try:
+            self._read_gradients(optimizer)
+        except Exception as exc:
+            self._status = max(self._status, Status.GRADIENTS_LOST)
+            self._fail("reading gradients and parameters", exc)
+
+    def _read_gradients(self, optimizer: Any | None) -> None:
         owned = (
             None
             if optimizer is None
@@ -268,36 +350,48 @@ class Collector:
         if self._grads is not None and not fresh:
             return
         self._read.update(fresh)
-        grads = [_dense(self._params[j].grad) for j in fresh]
+        grad_of = self._counted(fresh, lambda p: _dense(p.grad))
+        present, grads = list(grad_of), list(grad_of.values())
         if self._grads is None:
-            norms = _norms(grads + [p.detach() for p in self._params])  # one fused kernel
-            self._grads = (fresh, norms[: len(grads)], norms[len(grads) :])
+            params = self._counted(range(len(self._params)), Tensor.detach)
+            norms = _norms(grads + list(params.values()))  # one fused kernel
+            self._grads = (present, norms[: len(grads)], list(params), norms[len(grads) :])
             if self.track_updates:
                 self._snapshot = self._copy_watched_params()
         else:
-            present, grad_norms, param_norms = self._grads
-            self._grads = (present + fresh, grad_norms + _norms(grads), param_norms)
+            read, grad_norms, *params = self._grads
+            self._grads = (read + present, grad_norms + _norms(grads), *params)
         if self._hist_on and self._edges is not None:
             # one row per parameter, merged per module when packed: no concatenated copy
-            grad_of = dict(zip(fresh, grads, strict=True))
-            for i, js in enumerate(self._module_params):
+            # (watched modules only: parameter owners log norms, not histograms)
+            for i, js in enumerate(self._module_params[: len(self.modules)]):
                 for j in js:
                     if j in grad_of:
                         self._grad_hist.append(
                             (i, *histogram(grad_of[j], self._edges, scratch=self.scratch))
                         )
 
-    def _watched_values(self) -> list[Tensor]:
-        return [self._params[j].detach() for j in self._watched_params]
+    def _counted(
+        self, indices: Iterable[int], read: Callable[[Tensor], Tensor]
+    ) -> dict[int, Tensor]:
+        """``read(parameter)`` at ``indices``: the part this rank counts, where it counts one."""
+        parts = {j: counted_part(read(self._params[j])) for j in indices}
+        return {j: t for j, t in parts.items() if t is not None}
 
-    def _copy_watched_params(self) -> list[Tensor]:
-        """The watched parameters' values before the update, for this logging step only.
+    def _watched_values(self, indices: list[int]) -> list[Tensor]:
+        counted = self._counted(indices, Tensor.detach)
+        return [counted[j] for j in indices]
+
+    def _copy_watched_params(self) -> tuple[list[int], list[Tensor]]:
+        """This rank's part of the watched parameters before the update, for this logging step
+        only.
 
         Keeping the copy between logging steps would save the CPU a page fault per 4 KiB of
         parameters on each logging step, at the price of a parameter-sized block of resident
         memory for the whole run (5 MiB more peak RSS on the benchmark MLP).
         """
-        return [t.clone() for t in self._watched_values()]
+        counted = self._counted(self._watched_params, Tensor.detach)
+        return list(counted), [t.clone() for t in counted.values()]
 
     def end_step(self) -> StepReport | None:
         """Finish the step; on a logging step return its report (one device-to-host copy)."""
@@ -306,8 +400,12 @@ class Collector:
         if not self._on:
             self._reset_step_state()
             return None
-        vector, layout = self._pack()
-        report = self._unpack(self._to_host(vector), layout)
+        vector, layout = self._pack_or_empty()
+        try:
+            report = self._unpack(self._to_host(vector), layout)
+        except Exception as exc:
+            self._fail("merging the ranks' statistics", exc)
+            report = None
         self._on = self._hist_on = False
         self._reset_step_state()
         return report
@@ -328,13 +426,14 @@ class Collector:
         t = primary_tensor(output)
         if t is None or t.numel() == 0:
             return
+        values = dense_values(t.detach())  # a nested tensor's values, without padding
         shift = self._shift.get(i)
-        row = power_sums(t, shift, self._saturation[i], scratch=self.scratch)
+        row = power_sums(values, shift, self._saturation[i], scratch=self.scratch)
         if shift is None:
             self._shift[i] = row[0]
-        self._act.append((i, t.numel(), row))
+        self._act.append((i, values.numel(), row))
         if self._hist_on and self._edges is not None:
-            self._act_hist.append((i, *histogram(t, self._edges, scratch=self.scratch)))
+            self._act_hist.append((i, *histogram(values, self._edges, scratch=self.scratch)))
         if t.requires_grad and torch.is_grad_enabled():
             t.register_hook(partial(self._backward_hook, i))
 
@@ -344,10 +443,23 @@ class Collector:
             return
         try:
             with torch.no_grad():
-                norm = torch.linalg.vector_norm(grad.detach(), dtype=torch.float32)
+                norm = torch.linalg.vector_norm(dense_values(grad.detach()), dtype=torch.float32)
             self._backprop.append((i, norm))
         except Exception as exc:
             self._disable(i, exc)
+
+    def _fail(self, what: str, exc: Exception) -> None:
+        """Warn once per kind of failure outside the hooks; the caller carries on without it."""
+        self._warn_once(
+            what,
+            f"ln-diagnostics: {what} failed at step {self.step} ({type(exc).__name__}: {exc}); "
+            "the statistics that need it are not logged for such steps, training goes on.",
+        )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned_failures:
+            self._warned_failures.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     def _disable(self, i: int, exc: Exception) -> None:
         self._disabled.add(i)
@@ -359,6 +471,17 @@ class Collector:
         )
 
     # ------------------------------------------------------------------ packing
+    def _pack_or_empty(self) -> tuple[Tensor, Layout]:
+        """The packed step, or, if packing fails, a vector of the same layout that says so: the
+        other ranks are waiting in the collective for one of this length."""
+        try:
+            return self._pack()
+        except Exception as exc:
+            self._fail("packing the step's statistics", exc)
+            self._reset_step_state()
+            self._status = Status.STEP_LOST
+            return self._pack()
+
     def _pack(self) -> tuple[Tensor, Layout]:
         """The step's device tensors in fixed per-module slots (see ``packing``)."""
         device = self._device
@@ -368,13 +491,15 @@ class Collector:
         absent = torch.full((p,), -1.0, dtype=torch.float64, device=device)
         grad_n = param_n = update_n = absent
         if self._grads is not None:
-            present, grad_norms, param_norms = self._grads
+            present, grad_norms, counted, param_norms = self._grads
             grad_n = pack_norms(p, present, grad_norms, device)
-            param_n = pack_norms(p, range(p), param_norms, device)
-            if self._snapshot is not None:
-                torch._foreach_sub_(self._snapshot, self._watched_values())  # θ_t − θ_{t+1}
-                update_n = pack_norms(p, self._watched_params, _norms(self._snapshot), device)
+            param_n = pack_norms(p, counted, param_norms, device)
+            if self._snapshot is not None and self._snapshot[0]:
+                watched, before = self._snapshot
+                torch._foreach_sub_(before, self._watched_values(watched))  # θ_t − θ_{t+1}
+                update_n = pack_norms(p, watched, _norms(before), device)
         parts = [
+            torch.full((1,), float(self._status), dtype=torch.float64, device=device),
             pack_activations(m, self._act, device),
             pack_backprop(m, self._backprop, device),
             torch.stack([grad_n, param_n, update_n], dim=1),
@@ -391,7 +516,7 @@ class Collector:
 
     # ------------------------------------------------------------------ host side
     def _tag(self, group: str, stat: str, i: int) -> str:
-        key = (group, stat, self.names[i])  # by name: grouped views share the cache
+        key = (group, stat, self.layer_names[i])  # by name: grouped views share the cache
         cached = self._tags.get(key)
         if cached is None:
             cached = self._tags[key] = tag(group, stat, key[2], prefix=self.tag_prefix)
@@ -401,16 +526,22 @@ class Collector:
         return health_tag(stat, prefix=self.tag_prefix)
 
     def _chunks(self, ranks: list[list[float]], layout: Layout) -> dict[str, list]:
-        """Rows of every rank's slots, keyed by kind; parameter norms merged across ranks."""
+        """Rows of every rank's slots, keyed by kind; parameter norms merged across ranks.
+
+        Output gradients are those of each rank's own loss; DDP and FSDP average the ranks'
+        gradients, so the backprop norms are divided by the world size to be those of the
+        averaged loss (on equal batches, the loss of the union batch), like the gradient norms.
+        """
         chunks: dict[str, list[tuple[Any, list[float]]]] = defaultdict(list)
-        blocks = [split(values, layout) for values in ranks]
+        blocks = [split(values, layout)[1:] for values in ranks]  # the status is read before
+        world_squared = len(ranks) ** 2
         for act, bp, _params, *hists in blocks:
             for i, row in enumerate(act):
                 if row[0] > 0:
                     chunks["act"].append(((i, int(row[0])), row[1:]))
             for i, (squares, calls) in enumerate(bp):
                 if calls > 0:
-                    chunks["bp"].append((i, [squares]))  # Σ‖g‖² of the calls
+                    chunks["bp"].append((i, [squares / world_squared]))  # Σ‖g‖² of the calls
             for kind, rows in zip(("act", "grad"), hists, strict=False):  # none without histograms
                 for i, row in enumerate(rows):
                     if any(row[4:]):
@@ -430,20 +561,34 @@ class Collector:
         self._order = [*self._shift, *sorted(seen - self._shift.keys())]
         return chunks
 
-    def _merge_ranks(self, rows_per_rank: list[list[list[float]]], column: int) -> list[float]:
-        """One parameter norm per parameter: rank 0's (replicated parameters, as under DDP), or
-        the root of the sum of squares over ranks for sharded parameters (FSDP)."""
+    @staticmethod
+    def _merge_ranks(rows_per_rank: list[list[list[float]]], column: int) -> list[float]:
+        """One norm per parameter: the root of the sum of squares of the parts the ranks counted
+        (a replicated tensor on one rank, each element of a sharded one on one rank), −1 where
+        no rank counted one."""
         merged = []
-        for j in range(len(self._params)):
-            values = [rows[j][column] for rows in rows_per_rank]
-            if values[0] == -1.0 or not self._sharded:
-                merged.append(values[0])
-            else:
-                merged.append(math.sqrt(sum(v * v for v in values if v != -1.0)))
+        for rows in zip(*rows_per_rank, strict=True):
+            parts = [row[column] for row in rows if row[column] != -1.0]
+            merged.append(math.hypot(*parts) if parts else -1.0)
         return merged
 
-    def _unpack(self, ranks: list[list[float]], layout: Layout) -> StepReport:
+    def _unpack(self, ranks: list[list[float]], layout: Layout) -> StepReport | None:
+        statuses = [Status(int(values[0])) for values in ranks]
+        worst = max(statuses)
+        others = [r for r, status in enumerate(statuses) if status and r != rank()]
+        if others:
+            self._warn_once(
+                "another rank",
+                f"ln-diagnostics: rank {others[0]} could not measure all of step {self.step} (its "
+                "own warning says why); what it did not measure is not logged for such steps, "
+                "training goes on.",
+            )
+        if worst == Status.STEP_LOST:
+            return None
         chunks = self._chunks(ranks, layout)
+        if worst == Status.GRADIENTS_LOST:
+            for kind in ("param", "grad", "update", "grad_hf", "grad_hc"):
+                chunks[kind] = []
         scalars: dict[str, float] = {}
         histograms: dict[str, Histogram] = {}
         view = self if self._grouping is None else self._grouping.view(self, chunks)
@@ -580,7 +725,7 @@ class Collector:
         self._warned_nonfinite.add(what)
         warnings.warn(
             f"ln-diagnostics: non-finite {what} at step {self.step}; the first layer in forward "
-            f"order that produced them is '{self.names[i]}'.",
+            f"order that produced them is '{self.layer_names[i]}'.",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -86,7 +86,7 @@ class Grouping:
         for kind in _PER_MODULE:
             chunks[kind] = [(self.index[i], v) for i, v in chunks.get(kind, [])]
         view = copy.copy(collector)
-        view.names = self.names
+        view.names = view.layer_names = self.names
         view._saturation = self.saturation
         view._module_params = self.module_params
         view._order = list(dict.fromkeys(self.index[i] for i in collector._order))

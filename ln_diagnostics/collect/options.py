@@ -9,7 +9,12 @@ from torch import nn
 
 from ln_diagnostics._validate import check_bool, check_globs
 from ln_diagnostics.collect.collector import Collector
-from ln_diagnostics.collect.selection import candidate_names, resolve_types, select_modules
+from ln_diagnostics.collect.selection import (
+    no_match_message,
+    parameter_owners,
+    resolve_types,
+    select_modules,
+)
 
 #: Fewest steps between two histogram steps by default. A histogram step (activation and
 #: gradient histograms, and the heat maps redrawn with them) costs several plain steps on the
@@ -92,8 +97,17 @@ class SelectionOptions:
         )
         if not modules:
             raise ValueError(
-                f"no module of {type(model).__name__} matched types={self.types}, "
-                f"include={list(self.include)}, exclude={list(self.exclude)}; "
-                f"some module names: {', '.join(candidate_names(model)) or '(none)'}"
+                no_match_message(
+                    model, types=self.types, include=self.include, exclude=self.exclude
+                )
             )
-        return Collector(model, modules, track_updates=self.track_updates, tag_prefix=tag_prefix)
+        owners = []
+        if self.types is None:  # the default rule leaves no trainable parameter unreported
+            owners = parameter_owners(model, modules, include=self.include, exclude=self.exclude)
+        return Collector(
+            model,
+            modules,
+            owners=owners,
+            track_updates=self.track_updates,
+            tag_prefix=tag_prefix,
+        )

@@ -1,21 +1,25 @@
 """A logging step's device tensors in fixed per-module slots: one vector, collective and copy.
 
 Every rank builds a vector of the same length (it depends only on the number of watched modules
-and parameters, and on whether the step draws histograms), so under DDP one ``all_gather`` moves
-every rank's statistics without any chance of a shape mismatch, even when a module ran on one
-rank and not on another. The host then turns each rank's slots back into rows and merges them.
+and parameters, and on whether the step draws histograms), so under DDP or FSDP one
+``all_gather`` moves every rank's statistics without any chance of a shape mismatch, even when a
+module ran on one rank and not on another. The host then turns each rank's slots back into rows
+and merges them.
 
-Slot layout per module (float64): activations ``n, K, S1..S4, min, max, nonzero, saturated,
-nonfinite``; backprop ``Σ‖g‖², calls``; per parameter ``grad norm, param norm, update norm``
-(−1 when absent); on histogram steps, activation and gradient histograms ``min, max, sum, sum²,
-counts…``.
+Slot layout (float64): first the rank's :class:`Status`; per module, activations ``n, K,
+S1..S4, min, max, nonzero, saturated, nonfinite`` and backprop ``Σ‖g‖², calls``; per parameter
+``grad norm, param norm, update norm`` of the part of the tensor this rank counts (−1 when it
+counts none, see :func:`counted_part`); on histogram steps, activation and gradient histograms
+``min, max, sum, sum², counts…``.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 
 import torch
 import torch.distributed as dist
@@ -25,6 +29,14 @@ ACT_WIDTH = 11
 BP_WIDTH = 2
 PARAM_WIDTH = 3
 _INF = math.inf
+
+
+class Status(IntEnum):
+    """How much of a logging step a rank measured; the host acts on the worst rank's status."""
+
+    OK = 0
+    GRADIENTS_LOST = 1  # reading gradients or parameters failed: no norms, ratios or histograms
+    STEP_LOST = 2  # packing failed: the rank sends an empty vector of the same layout
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,7 @@ class Layout:
         return 4 + self.hist_buckets
 
     def sizes(self) -> list[int]:
-        sizes = [self.modules * ACT_WIDTH, self.modules * BP_WIDTH, self.params * PARAM_WIDTH]
+        sizes = [1, self.modules * ACT_WIDTH, self.modules * BP_WIDTH, self.params * PARAM_WIDTH]
         if self.hist_buckets:
             sizes += [self.modules * self.hist_width] * 2
         return sizes
@@ -117,11 +129,55 @@ def pack_histograms(
     return torch.cat([low[:, None], high[:, None], sums], dim=1)
 
 
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def world_size() -> int:
     """Number of ranks of the default process group (1 without one)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
+    return dist.get_world_size() if _initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    return dist.get_rank() if _initialized() else 0
+
+
+def counted_part(t: Tensor) -> Tensor | None:
+    """The part of ``t`` that this rank counts toward statistics of the whole tensor.
+
+    Over all ranks every element is counted exactly once, so sums of squares and histogram
+    counts of the parts add up on the host to those of the full tensor, and nothing gathers it:
+
+    * a ``DTensor`` (FSDP2's ``fully_shard``, tensor parallelism): its local shard; where a mesh
+      dimension is ``Replicate``, only the rank at coordinate 0 of that dimension counts it;
+    * a plain tensor, replicated on every rank as under DDP (whose gradients are already
+      averaged): rank 0 counts it, the others return ``None``.
+
+    Raises:
+        ValueError: a ``Partial`` placement, whose local values are addends of a pending
+            reduction rather than elements of the tensor.
+
+    Example:
+        >>> import torch
+        >>> counted_part(torch.ones(3)).tolist()  # without a process group this is rank 0
+        [1.0, 1.0, 1.0]
+    """
+    dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor exists
+    if dtensor is None or not isinstance(t, dtensor.DTensor):
+        return t if rank() == 0 else None
+    coordinate = t.device_mesh.get_coordinate()
+    if coordinate is None:  # this rank is outside the tensor's mesh
+        return None
+    for placement, position in zip(t.placements, coordinate, strict=True):
+        if placement.is_partial():
+            raise ValueError(
+                f"a DTensor with placements {t.placements} holds partial sums; statistics need "
+                "Shard or Replicate placements"
+            )
+        if placement.is_replicate() and position != 0:
+            return None
+    return t.to_local()
 
 
 def gather(vector: Tensor) -> Tensor:
@@ -135,8 +191,8 @@ def gather(vector: Tensor) -> Tensor:
 
 
 def split(values: Sequence[float], layout: Layout) -> list[list[list[float]]]:
-    """Cut one rank's host vector into the layout's blocks of rows."""
-    widths = [ACT_WIDTH, BP_WIDTH, PARAM_WIDTH] + [layout.hist_width] * 2
+    """Cut one rank's host vector into the layout's blocks of rows (the status first)."""
+    widths = [1, ACT_WIDTH, BP_WIDTH, PARAM_WIDTH] + [layout.hist_width] * 2
     out, offset = [], 0
     for size, width in zip(layout.sizes(), widths, strict=False):
         block = values[offset : offset + size]

@@ -1,11 +1,23 @@
-"""Which modules of a model are watched, and how their outputs are read."""
+"""Which modules of a model are watched, and how their outputs are read.
+
+Example:
+    >>> from torch import nn
+    >>> class NewGELUActivation(nn.Module):  # Hugging Face's, abridged
+    ...     def forward(self, x):
+    ...         return nn.functional.gelu(x, approximate="tanh")
+    >>> model = nn.Sequential(nn.Linear(2, 4), NewGELUActivation(), nn.Dropout(), nn.Linear(4, 1))
+    >>> [name for name, _ in select_modules(model)]
+    ['0', '1', '3']
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
-from collections.abc import Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ln_diagnostics.stats.moments import Saturation
@@ -22,6 +34,13 @@ _ACTIVATION_TYPES: tuple[type[nn.Module], ...] = tuple(
 )
 _TANH_LIKE = (nn.Tanh, nn.Hardtanh, nn.Softsign)
 _SIGMOID_LIKE = (nn.Sigmoid, nn.Hardsigmoid)
+#: Class names of activation modules written outside torch: Hugging Face's ``NewGELUActivation``,
+#: ``QuickGELUActivation``, ``GELUTanh``; timm's ``Swish``, ``HardMish``, ``Tanh``; ...
+_ACTIVATION_NAME = re.compile(
+    r"Activation$|GELU|GeLU|SiLU|ReLU|ELU|Tanh|Sigmoid|Swish|Mish|Softplus"
+)
+#: Inputs on which an activation of unknown class is tried once, to see whether it saturates.
+_SATURATION_PROBE = (-1e4, -30.0, -10.0, -3.0, -1.0, -0.25, 0.0, 0.25, 1.0, 3.0, 10.0, 30.0, 1e4)
 
 
 def is_norm_module(module: nn.Module) -> bool:
@@ -54,18 +73,50 @@ def resolve_types(types: Sequence[type | str]) -> tuple[type, ...]:
     return tuple(resolved)
 
 
+def _is_leaf(module: nn.Module) -> bool:
+    return next(module.children(), None) is None
+
+
+def is_activation_module(module: nn.Module) -> bool:
+    """True for torch's activation modules and for leaf modules whose class is named like one
+    (ends in ``Activation`` or contains ``GELU``, ``SiLU``, ``ReLU``, ``ELU``, ``Tanh``,
+    ``Sigmoid``, ``Swish``, ``Mish`` or ``Softplus``): Hugging Face's ``NewGELUActivation``,
+    ``GELUActivation``, ``FastGELUActivation``, ``QuickGELUActivation`` (also as built by
+    ``ACT2FN``), timm's ``Swish`` or ``GELUTanh``.
+
+    Example:
+        >>> from torch import nn
+        >>> class QuickGELUActivation(nn.Module):
+        ...     def forward(self, x):
+        ...         return x * (1.702 * x).sigmoid()
+        >>> is_activation_module(QuickGELUActivation()), is_activation_module(nn.Dropout())
+        (True, False)
+    """
+    if isinstance(module, _ACTIVATION_TYPES):
+        return True
+    return _is_leaf(module) and _ACTIVATION_NAME.search(type(module).__name__) is not None
+
+
 def _default_pick(module: nn.Module) -> bool:
-    is_leaf = next(module.children(), None) is None
     has_own_params = next(module.parameters(recurse=False), None) is not None
     return (
-        (is_leaf and has_own_params)
+        (_is_leaf(module) and has_own_params)
         or is_norm_module(module)
-        or isinstance(module, _ACTIVATION_TYPES)
+        or is_activation_module(module)
     )
 
 
+def _rule(types: tuple[type, ...] | None) -> Callable[[nn.Module], bool]:
+    """Which modules are candidates before ``include`` and ``exclude``."""
+    return _default_pick if types is None else (lambda module: isinstance(module, types))
+
+
 def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    """True when ``name`` or one of its ancestors' names matches a glob: a glob that names a
+    container stands for its whole subtree."""
+    parts = name.split(".")
+    lineage = [name] + [".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)]
+    return any(fnmatch.fnmatchcase(n, pattern) for n in lineage for pattern in patterns)
 
 
 def select_modules(
@@ -78,22 +129,57 @@ def select_modules(
     """Pick the watched modules, in registration order.
 
     By default: every leaf module with parameters of its own, plus every normalization and
-    activation module. ``types`` replaces that rule with ``isinstance`` checks; ``include`` keeps
-    only names matching one of its globs; ``exclude`` then drops names matching one of its globs.
+    activation module (:func:`is_activation_module`). ``types`` replaces that rule with
+    ``isinstance`` checks; ``include`` keeps only modules whose name, or an ancestor's name,
+    matches one of its globs (so ``"model.transformer.h.0"`` selects that block's watched
+    modules); ``exclude`` then drops modules the same way.
     """
     picked = []
+    wanted = _rule(types)
     for name, module in model.named_modules():
         name = plain_name(name)
-        if types is not None:
-            wanted = isinstance(module, types)
-        else:
-            wanted = _default_pick(module)
-        if not wanted or (include and not _matches(name, include)):
+        if not wanted(module) or (include and not _matches(name, include)):
             continue
         if exclude and _matches(name, exclude):
             continue
         picked.append((name, module))
     return picked
+
+
+def parameter_owners(
+    model: nn.Module,
+    modules: Sequence[tuple[str, nn.Module]],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> list[tuple[str, list[nn.Parameter]]]:
+    """Trainable parameters that no watched module holds, by the module that holds them.
+
+    A ViT's ``cls_token`` and ``pos_embed`` live on the model itself (``""``, logged as
+    ``<root>``), or on ``net`` when a LightningModule holds the ViT as ``self.net``; a block's
+    layer-scale ``gamma`` lives on the block. Owners are filtered by ``include``/``exclude`` like
+    modules (:func:`select_modules`).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> vit = nn.Module()
+        >>> vit.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        >>> vit.head = nn.Linear(4, 2)
+        >>> [(name, len(params)) for name, params in parameter_owners(vit, select_modules(vit))]
+        [('', 1)]
+    """
+    seen = {id(p) for _, module in modules for p in module.parameters()}
+    owners = []
+    for name, module in model.named_modules():
+        name = plain_name(name)
+        if (include and not _matches(name, include)) or (exclude and _matches(name, exclude)):
+            continue
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in own)
+        if own:
+            owners.append((name, own))
+    return owners
 
 
 def plain_name(name: str) -> str:
@@ -107,20 +193,100 @@ def plain_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part != "_orig_mod")
 
 
-def candidate_names(model: nn.Module, limit: int = 8) -> list[str]:
-    """A few module names with their types, for error messages when nothing matched."""
-    names = [f"{name} ({type(m).__name__})" for name, m in model.named_modules() if name]
-    return names[:limit]
+def no_match_message(
+    model: nn.Module,
+    *,
+    types: tuple[type, ...] | None,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    limit: int = 8,
+) -> str:
+    """Why :func:`select_modules` picked nothing, and a few names it would pick without
+    ``include`` and ``exclude``.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Dropout()))
+        >>> print(no_match_message(model, types=None, include=["1"], exclude=[]))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        no module of Sequential matched types=None, include=['1'], exclude=[]: include matched
+        1 (Sequential), but no module watched by default (a leaf with parameters, a norm or
+        an activation module) lies in its subtree; some module names: 0 (Linear)
+    """
+    rule = "watched by default (a leaf with parameters, a norm or an activation module)"
+    if types is not None:
+        rule = "of the given types"
+    named = [(plain_name(name), m) for name, m in model.named_modules() if name]
+    wanted = _rule(types)
+    candidates = [(name, m) for name, m in named if wanted(m)]
+    named_by_glob = [
+        (name, m)
+        for name, m in named
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in include)
+    ]
+    if include and not named_by_glob:
+        reason = "include matched no module name"
+    elif not candidates:
+        reason = f"the model has no module {rule}"
+    elif include and not any(_matches(name, include) for name, _ in candidates):
+        shown = ", ".join(f"{name} ({type(m).__name__})" for name, m in named_by_glob[:limit])
+        reason = f"include matched {shown}, but no module {rule} lies in its subtree"
+    else:
+        reason = "exclude removed every module that was left"
+    listed = ", ".join(f"{name} ({type(m).__name__})" for name, m in candidates[:limit])
+    return (
+        f"no module of {type(model).__name__} matched types={types}, include={list(include)}, "
+        f"exclude={list(exclude)}: {reason}; some module names: {listed or '(none)'}"
+    )
 
 
 def saturation_kind(module: nn.Module) -> Saturation | None:
-    """``"tanh"`` or ``"sigmoid"`` for bounded activations whose saturation is meaningful."""
+    """``"tanh"`` or ``"sigmoid"`` for bounded activations whose saturation is meaningful.
+
+    torch's classes are known; an activation of another class without parameters or buffers
+    (:func:`is_activation_module`) is tried once on a few inputs from -1e4 to 1e4: a
+    non-decreasing response bounded by ±1 that reaches both is tanh-like, one bounded by 0 and 1
+    that reaches both is sigmoid-like (so a GELU with a tanh approximation is neither).
+
+    Example:
+        >>> from torch import nn
+        >>> class ScaledSigmoid(nn.Module):
+        ...     def forward(self, x):
+        ...         return (2 * x).sigmoid()
+        >>> [saturation_kind(m) for m in (ScaledSigmoid(), nn.ReLU6(), nn.Tanh())]
+        ['sigmoid', None, 'tanh']
+    """
     if isinstance(module, _TANH_LIKE):
         # Hardtanh's subclass ReLU6 and other Hardtanh ranges are not saturating in (-1, 1)
         if not isinstance(module, nn.Hardtanh) or (module.min_val, module.max_val) == (-1, 1):
             return "tanh"
         return None
     if isinstance(module, _SIGMOID_LIKE):
+        return "sigmoid"
+    if isinstance(module, _ACTIVATION_TYPES) or not is_activation_module(module):
+        return None
+    if next(module.parameters(), None) is not None or next(module.buffers(), None) is not None:
+        return None
+    return _tried_saturation(module)
+
+
+def _tried_saturation(module: nn.Module) -> Saturation | None:
+    """The saturation kind of a parameter-free activation, from its response (see above)."""
+    x = torch.tensor(_SATURATION_PROBE)
+    try:
+        with torch.no_grad():
+            y = module.forward(x)  # forward, not __call__: the model's own hooks do not fire
+    except Exception:  # not elementwise on a vector: no saturation statistic
+        return None
+    if not isinstance(y, Tensor) or y.shape != x.shape or not y.is_floating_point():
+        return None
+    values = y.detach().double().cpu()
+    if values.isnan().any() or (values.diff() < 0).any():  # not a non-decreasing response
+        return None
+    low, high = values[0].item(), values[-1].item()
+    if -1.0 <= low < -0.99 and 0.99 < high <= 1.0:
+        return "tanh"
+    if 0.0 <= low < 0.01 and 0.99 < high <= 1.0:
         return "sigmoid"
     return None
 

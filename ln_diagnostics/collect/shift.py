@@ -94,7 +94,10 @@ class ShiftProbe:
         scratch: work buffers to reuse (the collector's: the probe runs while it is paused).
 
     If the forward pass fails, the probe warns once (naming the exception and the
-    ``probe_forward`` option) and disables itself; :meth:`measure` then returns ``{}``.
+    ``probe_forward`` option) and disables itself; :meth:`measure` then returns ``{}``. A layer
+    whose output cannot be fitted warns once, naming it, and is left out from then on. A nested
+    tensor output is fitted on its values (padding excluded), its features being the last
+    dimension of its components.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class ShiftProbe:
         self.init: dict[str, Fit] = {}
         self.prev: dict[str, Fit] = {}
         self.disabled = False
+        self._failed: set[int] = set()
 
     @classmethod
     def from_collector(cls, collector: Any, **kwargs: Any) -> ShiftProbe:
@@ -173,6 +177,22 @@ class ShiftProbe:
         return fits
 
     def _hook(self, i: int, captured: dict, module: nn.Module, args: Any, output: Any) -> None:
+        if i in self._failed:
+            return
+        try:
+            self._capture(i, captured, output)
+        except Exception as exc:  # the model ran; only this layer's statistics failed
+            self._failed.add(i)
+            captured.pop(i, None)
+            warnings.warn(
+                f"ln-diagnostics: the covariate-shift probe could not fit layer "
+                f"'{self.names[i]}' ({type(exc).__name__}: {exc}); that layer has no shift "
+                "metrics, the others go on.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _capture(self, i: int, captured: dict, output: Any) -> None:
         t = primary_tensor(output)
         if t is None or t.ndim == 0 or t.numel() == 0:
             return

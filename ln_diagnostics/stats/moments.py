@@ -5,6 +5,9 @@ sums ``Σ(x−K)^p`` for ``p = 1..4`` (``K`` is the tensor's own mean, or the sh
 so that sums of several calls add up), the extremes and three counts. On the host the sums of all
 calls are turned into mean, std, rms, absmax, kurtosis and fractions, in float64.
 
+A nested tensor (``torch.nested``) is described by its values, the elements of its components:
+padding is not part of it (:func:`dense_values`).
+
 Example:
     >>> import torch
     >>> x = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
@@ -85,6 +88,37 @@ class Scratch:
         self._views.clear()
 
 
+def dense_values(x: Tensor) -> Tensor:
+    """The elements a tensor's statistics describe, as an ordinary strided tensor.
+
+    A nested tensor (``torch.nested``, strided or jagged layout; ``nn.TransformerEncoder`` passes
+    one between its layers when it drops padded positions) is described by the elements of its
+    components, without padding: they are returned as rows of the components' last dimension,
+    ``(rows, features)``, or as one flat vector where that dimension is ragged or empty. Any other
+    tensor is returned as it is. No host sync, except for a jagged view whose values are not
+    contiguous (``torch.nested.narrow``), whose components are found from its device offsets.
+
+    Example:
+        >>> import torch
+        >>> nested = torch.nested.nested_tensor(
+        ...     [torch.ones(1, 2), torch.zeros(3, 2)], layout=torch.jagged)
+        >>> dense_values(nested).shape
+        torch.Size([4, 2])
+    """
+    if not x.is_nested:
+        return x
+    values = x.values() if x.is_contiguous() else None
+    if values is None or values.numel() != x.numel():  # a view: gather the components
+        values = torch.cat([component.reshape(-1) for component in x.unbind()])
+    try:
+        features = x.size(-1)
+    except RuntimeError:  # the strided layout's ragged dimension has no size
+        return values.reshape(-1)
+    if not isinstance(features, int) or features == 0:  # the jagged layout's is symbolic
+        return values.reshape(-1)
+    return values.reshape(-1, features)
+
+
 def power_sums(
     x: Tensor,
     shift: Tensor | None = None,
@@ -95,8 +129,9 @@ def power_sums(
     """Reduce ``x`` to one float32 row laid out as :data:`FIELDS`.
 
     Args:
-        x: a non-empty floating-point tensor of any shape; half precision is accumulated in
-            float32. It is detached; autograd never sees this computation.
+        x: a non-empty floating-point tensor of any shape, or a nested tensor (its values,
+            :func:`dense_values`); half precision is accumulated in float32. It is detached;
+            autograd never sees this computation.
         shift: the ``K`` of the shifted sums (a 0-d tensor). ``None`` uses ``x.mean()``, which
             keeps the sums small and the kurtosis accurate when ``|mean| >> std``.
         saturation: ``"tanh"`` counts ``|y| > 0.97``, ``"sigmoid"`` counts ``y < 0.03 or
@@ -113,7 +148,7 @@ def power_sums(
     saturation count sums ``relu(sign(|y| - T))`` and non-finite values are found as the NaNs
     of ``x * 0``.
     """
-    flat = x.detach().reshape(-1)
+    flat = dense_values(x.detach()).reshape(-1)
     if shift is not None:
         k = shift
     else:

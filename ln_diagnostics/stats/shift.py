@@ -32,6 +32,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ln_diagnostics.stats.moments import dense_values
+
 __all__ = [
     "EPS",
     "feature_dim",
@@ -73,9 +75,11 @@ def feature_moments(
     """Per-feature mean and population variance of ``x`` in float32, detached.
 
     Args:
-        x: a floating-point tensor of rank ≥ 1.
+        x: a floating-point tensor of rank ≥ 1, or a nested tensor: its features are the last
+            dimension of its components, padding excluded (pooled into one feature where that
+            dimension is ragged; see :func:`~ln_diagnostics.stats.moments.dense_values`).
         dim: the feature dimension; ``None`` pools everything into one feature; ``"auto"``
-            picks it with :func:`feature_dim`.
+            picks it with :func:`feature_dim` (for a nested tensor: the last dimension).
         channels_first: forwarded to :func:`feature_dim` when ``dim`` is not given.
         scratch: a float32 vector of at least ``x.numel()`` elements on ``x``'s device to hold
             the centred values (a fresh tensor when ``None`` or too short).
@@ -83,11 +87,21 @@ def feature_moments(
     Returns:
         ``(mean, var)``, each of shape ``(features,)``.
 
+    Raises:
+        ValueError: ``x`` is nested and ``dim`` is a dimension number.
+
     Two passes (the mean, then the mean of squared deviations from it), reduced in place over
     a ``(before, features, after)`` view with no transposed copy: several times faster on the
     CPU than ``torch.var_mean``, and as accurate (float32 values, centred before squaring).
     """
     t = x.detach()
+    if t.is_nested:
+        if dim not in ("auto", None):
+            raise ValueError(
+                "dim: a nested tensor's features are the last dimension of its components; "
+                f"expected 'auto' or None, got {dim!r}"
+            )
+        t = dense_values(t)
     if dim == "auto":
         dim = feature_dim(t.ndim, channels_first=channels_first)
     if dim is None:

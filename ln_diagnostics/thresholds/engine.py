@@ -347,7 +347,8 @@ class RuleIndex:
     """
 
     def __init__(self, rules: Iterable[Rule]) -> None:
-        self.rules = tuple(rules)
+        # finding rules are judged on the diagnosis (thresholds.findings), not on a tag
+        self.rules = tuple(rule for rule in rules if not rule.finding)
         self._exact: dict[str, list[int]] = {}
         self._globs: list[tuple[int, Callable[[str], object]]] = []
         for index, rule in enumerate(self.rules):

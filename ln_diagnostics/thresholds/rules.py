@@ -12,6 +12,10 @@ A threshold file is TOML with one ``[[rule]]`` table per rule:
     after_step = 0                    # only steps >= after_step count (warm-up)
     optional = false                  # a rule that matches no tag is an error unless optional
 
+    [[rule]]
+    finding = "vanishing_gradients"   # instead of tag/min/max: fail when the diagnosis finds
+                                      # this kind (a glob: "*" is any finding but "healthy")
+
 This module is pure Python (no Lightning, no TensorBoard) so the callback and the CLI share it.
 
 Example:
@@ -22,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import re
@@ -38,7 +43,18 @@ except ModuleNotFoundError:  # Python 3.10
 
 Over = Literal["all", "last", "mean", "max", "min"]
 OVER_CHOICES: tuple[str, ...] = ("all", "last", "mean", "max", "min")
-RULE_KEYS: tuple[str, ...] = ("name", "tag", "min", "max", "over", "after_step", "optional")
+RULE_KEYS: tuple[str, ...] = (
+    "name",
+    "tag",
+    "min",
+    "max",
+    "over",
+    "after_step",
+    "optional",
+    "finding",
+)
+#: Keys a ``finding`` rule cannot have (it has no bounds and reduces no series).
+_SERIES_KEYS: tuple[str, ...] = ("tag", "min", "max", "over")
 MAX_RULE_FILE_BYTES = 16 << 20  # ~300k rules: room for generated files, not for /dev/zero
 _RULE_HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
 
@@ -65,28 +81,34 @@ class Rule:
         after_step: points logged at a step below this are ignored.
         optional: when ``False`` a rule that matches no tag is an error.
         name: an optional label; :attr:`label` falls back to the tag pattern.
+        finding: for a finding rule, a glob over the diagnosis's finding kinds (then ``tag``
+            is empty and there are no bounds): the rule fails when a matching finding holds at
+            a step ``>= after_step``.
 
     Example:
         >>> Rule(tag="health/grad_norm_total", max=100.0, over="max").bound_text
         'max 100'
     """
 
-    tag: str
+    tag: str = ""
     min: float | None = None
     max: float | None = None
     over: Over = "all"
     after_step: int = 0
     optional: bool = False
     name: str = ""
+    finding: str = ""
 
     @property
     def label(self) -> str:
-        """The rule's name, or its tag pattern when unnamed."""
-        return self.name or self.tag
+        """The rule's name, or its tag pattern (``finding <kind>``) when unnamed."""
+        return self.name or self.tag or f"finding {self.finding}"
 
     @property
     def bound_text(self) -> str:
-        """The bounds in words, e.g. ``"min 0, max 10"``."""
+        """The bounds in words, e.g. ``"min 0, max 10"`` (``"no finding"`` for a finding rule)."""
+        if self.finding:
+            return "no finding"
         parts = []
         if self.min is not None:
             parts.append(f"min {self.min:g}")
@@ -99,7 +121,7 @@ class Rule:
         """A stable identity used in callback state (label plus every setting)."""
         return (
             f"{self.label}|{self.tag}|{self.over}|{self.min}|{self.max}|"
-            f"{self.after_step}|{self.optional}"
+            f"{self.after_step}|{self.optional}" + (f"|{self.finding}" if self.finding else "")
         )
 
 
@@ -125,6 +147,8 @@ def _parse_one(raw: Any, where: str) -> Rule:
             f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(repr(k) for k in unknown)}; valid keys: {', '.join(RULE_KEYS)}"
         )
+    if "finding" in raw:
+        return _parse_finding(raw, where, name)
     if "tag" not in raw:
         raise RuleError(f"{where}: missing required key 'tag' (a glob such as 'gradients/norm/*')")
     pattern = raw["tag"]
@@ -172,6 +196,27 @@ def _parse_one(raw: Any, where: str) -> Rule:
         optional=optional,
         name=name,
     )
+
+
+def _parse_finding(raw: Mapping[str, Any], where: str, name: str) -> Rule:
+    from ln_diagnostics.diagnose import KINDS
+
+    pattern = raw["finding"]
+    if not isinstance(pattern, str) or not any(fnmatch.fnmatchcase(k, pattern) for k in KINDS):
+        raise RuleError(
+            f"{where}: key 'finding' must be a finding kind or a glob over them "
+            f"({', '.join(KINDS)}); got {_type_name(pattern)} {pattern!r}"
+        )
+    extra = [key for key in _SERIES_KEYS if key in raw]
+    if extra:
+        raise RuleError(
+            f"{where}: a 'finding' rule has no {', '.join(repr(k) for k in extra)}; it fails "
+            "when the diagnosis finds that kind (keep 'name', 'after_step', 'optional')"
+        )
+    # after_step and optional are checked as for any rule
+    rest = {k: v for k, v in raw.items() if k in ("after_step", "optional")}
+    rule = _parse_one({**rest, "tag": "*", "max": 0.0}, where)
+    return Rule(finding=pattern, after_step=rule.after_step, optional=rule.optional, name=name)
 
 
 def parse_rules(

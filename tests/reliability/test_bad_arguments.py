@@ -54,6 +54,8 @@ CASES = [
      "group_depth must be an integer >= 1; got 0"),
     (LayerDiagnostics, "group_depth", 1.5, ValueError,
      "group_depth must be an integer >= 1; got 1.5"),
+    (LayerDiagnostics, "diagnosis", 1, ValueError,
+     "diagnosis must be True or False; got 1"),
     (NormSwap, "target", "bn", ValueError,
      "target must be one of 'layernorm', 'groupnorm', 'rmsnorm'; got 'bn'"),
     (NormSwap, "include", "", ValueError,
@@ -65,12 +67,12 @@ CASES = [
     (NormSwap, "copy_affine", 0, TypeError, "copy_affine must be a bool; got int 0"),
     (DiagnosticThresholds, "rules", RULE, ValueError,
      THR + "expected a list of rules (tables with keys name, tag, min, max, over, after_step, "
-     "optional); got dict"),
+     "optional, finding); got dict"),
     (DiagnosticThresholds, "rules", [{"max": 1}], ValueError,
      THR + "rule 1: missing required key 'tag' (a glob such as 'gradients/norm/*')"),
     (DiagnosticThresholds, "rules", [{**RULE, "maxx": 2}], ValueError,
      THR + "rule 1: unknown key 'maxx'; valid keys: name, tag, min, max, over, after_step, "
-     "optional"),
+     "optional, finding"),
     (DiagnosticThresholds, "rules", [{**RULE, "max": "1"}], ValueError,
      THR + "rule 1: key 'max' must be a number; got str '1'"),
     (DiagnosticThresholds, "rules", [{**RULE, "min": 2}], ValueError,

@@ -48,7 +48,8 @@ def test_defaults_and_label():
         ({"tag": "x", "max": 1.0, "name": 5}, "key 'name' must be a string; got int 5"),
         (
             {"tag": "x", "mx": 1.0},
-            "unknown key 'mx'; valid keys: name, tag, min, max, over, after_step, optional",
+            "unknown key 'mx'; valid keys: name, tag, min, max, over, after_step, optional, "
+            "finding",
         ),
         ({"name": "grads", "tag": "x"}, r"rule 1 \('grads'\): expected at least one"),
         ("tag", "rule 1: expected a table of rule keys; got str"),

@@ -1,0 +1,112 @@
+"""Glue between ``LayerDiagnostics`` and :mod:`ln_diagnostics.diagnose`: the bounded history of
+the logged scalars, the run-info record written at the first logging step, the ``diagnosis``
+text refreshed with the heat maps, and the findings table printed at fit end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ln_diagnostics.collect.records import StepReport
+from ln_diagnostics.collect.selection import module_parameters
+from ln_diagnostics.diagnose import (
+    Finding,
+    History,
+    LayerInfo,
+    RunInfo,
+    diagnose,
+    findings_table,
+)
+from ln_diagnostics.tensorboard.diagnosis import write_findings, write_run_info
+
+
+def batch_size(batch: Any) -> int | None:
+    """The leading size of the batch's first tensor (Lightning's own inference), or ``None``."""
+    from pytorch_lightning.utilities.data import extract_batch_size
+
+    try:
+        return int(extract_batch_size(batch))
+    except Exception:  # no tensor in the batch, or one without a batch dimension
+        return None
+
+
+def run_info(collector: Any, report: StepReport, batch: int | None) -> RunInfo:
+    """Layers in the forward order of the first report, typed from the watched modules.
+
+    With grouped statistics a block's type is its modules' type when they share one, else
+    ``"block"``; it owns parameters when any of its modules does.
+    """
+    groups = collector.group_names or collector.names
+    types: dict[str, set[str]] = {}
+    owns: dict[str, bool] = {}
+    for name, module in zip(groups, collector.modules, strict=True):
+        types.setdefault(name, set()).add(type(module).__name__)
+        owns[name] = owns.get(name, False) or bool(module_parameters(module))
+    ordered = [layer.name for layer in RunInfo.from_tags(report.scalars).layers]
+    ordered += [name for name in types if name not in ordered]  # never ran: order unknown
+    return RunInfo(
+        tuple(
+            LayerInfo(
+                name,
+                next(iter(types[name])) if len(types.get(name, ())) == 1 else "block",
+                owns.get(name, False),
+            )
+            for name in ordered
+        ),
+        batch,
+    )
+
+
+class Diagnosis:
+    """The diagnosis of one ``LayerDiagnostics`` run (every rank keeps it; rank 0 writes)."""
+
+    def __init__(self) -> None:
+        self.history = History()
+        self.info: RunInfo | None = None
+        self.batch_size: int | None = None
+        self._cache: list[Finding] | None = None
+        #: wall-clock seconds of the last diagnosis (for the cost figures in the README)
+        self.last_seconds = 0.0
+
+    def batch_start(self, batch: Any) -> None:
+        """Note the per-device batch size of a logging step until the record is written."""
+        if self.info is None:
+            self.batch_size = batch_size(batch)
+
+    def record(self, report: StepReport, collector: Any | None, writer: Any | None) -> None:
+        """Keep a logging step's scalars; write the run-info record at the first one."""
+        self.history.add(report.step, report.scalars)
+        self._cache = None
+        if self.info is None and collector is not None and report.scalars:
+            self.info = run_info(collector, report, self.batch_size)
+            if writer is not None:
+                write_run_info(writer, self.info, step=report.step)
+
+    def findings(self) -> list[Finding]:
+        """The findings on the history so far (recomputed only after a new logging step)."""
+        if self._cache is None:
+            start = time.perf_counter()
+            self._cache = diagnose(self.history, self.info)
+            self.last_seconds = time.perf_counter() - start
+        return self._cache
+
+    def write(self, writer: Any | None, step: int) -> list[Finding]:
+        """Diagnose and write the ``diagnosis`` text (when there is a writer)."""
+        findings = self.findings()
+        if writer is not None and findings:
+            write_findings(writer, findings, step=step)
+        return findings
+
+    def update(self, report: StepReport, collector: Any, writer: Any, dashboard: Any) -> None:
+        """Record a logging step; rewrite the ``diagnosis`` text when the heat maps redraw."""
+        self.record(report, collector, writer)
+        every = getattr(dashboard, "heatmap_every_n_steps", 0)
+        if writer is not None and every and report.step % every == 0:
+            self.write(writer, report.step)
+
+
+def console_report(findings: list[Finding], steps: int) -> str:
+    """What ``LayerDiagnostics`` prints at fit end."""
+    if not findings:
+        return "LayerDiagnostics diagnosis: no statistics were logged"
+    return f"LayerDiagnostics diagnosis ({steps} logging steps):\n{findings_table(findings)}"
