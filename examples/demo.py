@@ -4,8 +4,8 @@ Run with ``make demo`` (or ``python examples/demo.py``). A 16-layer MLP learns a
 classification task for about a minute on CPU, once without normalization and once with
 LayerNorm after every hidden layer; both runs write TensorBoard logs under ``--logdir``. The
 script reads the event files back and prints, per run, the loss, the accuracy and how the
-gradient reaching each depth (``backprop/norm``) falls toward the input, then the command that
-opens the dashboards.
+gradient reaching the hidden stack (``backprop/norm``) falls from its last layer to its first,
+then the command that opens the dashboards.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ln_diagnostics.callbacks import LayerDiagnostics
+from ln_diagnostics.diagnose.depth import hidden_stack
 from ln_diagnostics.tensorboard.reader import read_scalars
 
 
@@ -29,6 +30,7 @@ class DeepMLP(LightningModule):
 
     def __init__(self, depth: int = 16, width: int = 64, layernorm: bool = False) -> None:
         super().__init__()
+        self.save_hyperparameters()  # the HParams tab compares the runs by `layernorm`
         layers: list[nn.Module] = [nn.Linear(2, width), nn.Tanh()]
         for _ in range(depth - 1):
             layers.append(nn.Linear(width, width))
@@ -61,8 +63,8 @@ def spirals(n: int = 4096, seed: int = 0) -> TensorDataset:
     return TensorDataset(x, label)
 
 
-def train(name: str, layernorm: bool, args: argparse.Namespace) -> float:
-    """Fit one model and return its accuracy on the training set."""
+def train(name: str, layernorm: bool, args: argparse.Namespace) -> tuple[float, list[str]]:
+    """Fit one model; return its accuracy on the training set and its hidden stack's layers."""
     seed_everything(0, verbose=False)
     trainer = Trainer(
         max_steps=args.steps,
@@ -79,9 +81,11 @@ def train(name: str, layernorm: bool, args: argparse.Namespace) -> float:
     start = time.perf_counter()
     trainer.fit(model, DataLoader(data, batch_size=64, shuffle=True))
     print(f"{name}: {args.steps} steps in {time.perf_counter() - start:.0f} s")
+    layers = [(f"net.{k}", next(m.parameters(), None) is not None) for k, m in enumerate(model.net)]
+    stack = [layers[k][0] for k in hidden_stack(layers)]
     with torch.no_grad():
         x, y = data.tensors
-        return (model(x).argmax(1) == y).float().mean().item()
+        return (model(x).argmax(1) == y).float().mean().item(), stack
 
 
 def first(series: list[tuple[int, float]]) -> float:
@@ -92,30 +96,27 @@ def last(series: list[tuple[int, float]]) -> float:
     return series[-1][1]
 
 
-def report(logdir: Path, accuracy: dict[str, float]) -> None:
+def report(logdir: Path, results: dict[str, tuple[float, list[str]]]) -> None:
     """A table read back from the event files the runs wrote."""
     runs = read_scalars(logdir)
     print(
         f"\n{'run':<10} {'loss first->last':>18} {'accuracy':>9} "
-        f"{'depth_log10 step 0':>19} {'depth_log10 last':>17} {'in/out backprop, step 0':>24}"
+        f"{'depth_log10 step 0':>19} {'depth_log10 last':>17} {'first/last backprop, step 0':>28}"
     )
-    for name, acc in accuracy.items():
+    for name, (acc, stack) in results.items():
         tags = runs[name]
-        linears = [t for t in tags if t.startswith("gradients/norm/")]
-        first_layer = linears[0].rsplit("/", 1)[1]
-        last_layer = linears[-1].rsplit("/", 1)[1]
-        ratio = first(tags[f"backprop/norm/{first_layer}"]) / first(
-            tags[f"backprop/norm/{last_layer}"]
-        )
+        # the hidden stack's ends, read from the per-layer tags: the health value, checked
+        ratio = first(tags[f"backprop/norm/{stack[0]}"]) / first(tags[f"backprop/norm/{stack[-1]}"])
         depth = tags["health/backprop_depth_log10"]
         loss = tags["train/loss"]
         print(
             f"{name:<10} {first(loss):>8.3f} -> {last(loss):<7.3f} {acc:>9.3f} "
-            f"{first(depth):>19.2f} {last(depth):>17.2f} {ratio:>24.2e}"
+            f"{first(depth):>19.2f} {last(depth):>17.2f} {ratio:>28.2e}"
         )
     print(
-        "depth_log10 = log10(backprop norm at the first layer / at the last layer): "
-        "0 is flat, negative means gradients vanish toward the input."
+        "depth_log10 = log10(backprop norm at the first / at the last layer of the hidden stack, "
+        "the layers between the input projection and the head): 0 is flat, negative means the "
+        "gradient vanishes toward the input."
     )
 
 
@@ -126,13 +127,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny models: a second thread only contends for the cores
     runs = {"no_norm": False, "layernorm": True}
-    accuracy = {name: train(name, layernorm, args) for name, layernorm in runs.items()}
-    report(args.logdir, accuracy)
+    results = {name: train(name, layernorm, args) for name, layernorm in runs.items()}
+    report(args.logdir, results)
     logdir = args.logdir.resolve()
     print(f"\nTensorBoard logs: {logdir}")
     print(f"Open them with:   tensorboard --logdir {logdir}   then browse http://localhost:6006")
-    print("Look at: SCALARS > backprop (gradient reaching each layer), activations, health;")
-    print("         HISTOGRAMS > activations/hist and gradients/hist.")
+    print("Look at: CUSTOM SCALARS > Health and Depth (log10), both runs in each chart;")
+    print("         IMAGES > heatmaps (same colour scale in both runs); TEXT; HPARAMS.")
     print(f"Without a browser: ln-diagnostics summary {logdir / 'no_norm'}")
 
 

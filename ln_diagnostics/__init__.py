@@ -31,3 +31,8 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'ln_diagnostics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazily imported ones included (for ``dir()`` and completion)."""
+    return sorted({*globals(), *_LAZY})

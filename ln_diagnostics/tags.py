@@ -50,12 +50,22 @@ HEATMAPS = "heatmaps"
 HEATMAP_BACKPROP = "backprop_log10_norm"
 #: ``heatmaps/activation_std``: ``activations/std`` per layer and logging step.
 HEATMAP_ACTIVATION_STD = "activation_std"
+#: ``heatmaps/depth_profile``: four statistics against layer index, at step 0 and the latest step.
+DEPTH_PROFILE = "depth_profile"
 #: The run's text summary (selected layers, options, NormSwap report).
 SUMMARY_TEXT_TAG = "diagnostics/summary"
 #: The diagnosis: a markdown table of findings (``ln_diagnostics.diagnose``).
 DIAGNOSIS_TEXT_TAG = "diagnosis"
 #: The layers in forward order and the batch size, as JSON, for ``ln-diagnostics diagnose``.
 LAYERS_TEXT_TAG = "diagnostics/layers"
+#: ``health/backprop_depth_log10_step0``: the depth at step 0, written again at every logging step
+#: so that it stays in the chart's view; also an HParams metric.
+DEPTH_STEP0 = "backprop_depth_log10_step0"
+#: Dashboard views in log10 (custom-scalars charts have no log axis): ``log10/{quantity}`` for a
+#: model-wide total, ``log10/{quantity}/{role}`` for one layer of the hidden stack.
+LOG10 = "log10"
+#: The layers of the hidden stack that a bounded chart shows, one line each.
+STACK_ROLES: tuple[str, ...] = ("first", "middle", "last", "worst")
 
 
 class ParsedTag(NamedTuple):
@@ -93,6 +103,23 @@ def heatmap_tag(name: str, *, prefix: str = "") -> str:
     return f"{prefix}{HEATMAPS}/{name}"
 
 
+def log10_tag(quantity: str, role: str | None = None, *, prefix: str = "") -> str:
+    """Build a log10 view tag: ``{prefix}log10/{quantity}`` or ``{prefix}log10/{quantity}/{role}``.
+
+    Example:
+        >>> log10_tag("backprop_norm", "first"), log10_tag("grad_norm_total")
+        ('log10/backprop_norm/first', 'log10/grad_norm_total')
+    """
+    base = f"{prefix}{LOG10}/{quantity}"
+    return base if role is None else f"{base}/{role}"
+
+
+def log10_regex(quantity: str, *, roles: bool, prefix: str = "") -> str:
+    """A regular expression matching one log10 view: every role's tag, or the single total."""
+    base = re.escape(log10_tag(quantity, prefix=prefix))
+    return f"^{base}/({'|'.join(STACK_ROLES)})$" if roles else f"^{base}$"
+
+
 def stat_regex(group: str, stat: str, *, prefix: str = "") -> str:
     """A regular expression matching the tags of one statistic of every layer.
 
@@ -120,3 +147,20 @@ def parse_tag(value: str) -> ParsedTag | None:
     if group in LAYER_GROUPS and stat and layer:
         return ParsedTag(group, stat, layer)
     return None
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[str | int, ...]:
+    """Sort key that orders the numbers inside names by value: ``net.2`` before ``net.10``.
+
+    Every list of layers or tags the CLI and the callbacks print is sorted with it.
+
+    Example:
+        >>> sorted(["gradients/norm/net.10", "gradients/norm/net.2"], key=natural_key)
+        ['gradients/norm/net.2', 'gradients/norm/net.10']
+    """
+    # re.split with a group alternates text and digit runs, so items at the same position
+    # are always both str or both int
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name)))

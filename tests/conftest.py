@@ -4,6 +4,7 @@ import pytest
 from pytorch_lightning import Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 
 def _trainer(tmp_path, callbacks, **kwargs):
@@ -23,6 +24,16 @@ def _events(logdir):
     acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
     return acc
+
+
+def _write_run(directory, scalars):
+    """Write ``{tag: [(step, value), ...]}`` as one run's event file; return the directory."""
+    writer = SummaryWriter(str(directory))
+    for tag, points in scalars.items():
+        for step, value in points:
+            writer.add_scalar(tag, value, step)
+    writer.close()
+    return directory
 
 
 def _module_hooks(model):
@@ -55,6 +66,13 @@ def make_trainer(tmp_path):
 @pytest.fixture
 def events():
     return _events
+
+
+@pytest.fixture
+def write_run():
+    """``write_run(directory, {tag: [(step, value), ...]})``: one run's event file, written by
+    TensorBoard's ``SummaryWriter``; returns the directory."""
+    return _write_run
 
 
 @pytest.fixture

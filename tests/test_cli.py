@@ -13,7 +13,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from torch.utils.tensorboard import SummaryWriter
 
 from ln_diagnostics.cli import main
 
@@ -29,15 +28,6 @@ tag = "health/grad_norm_total"
 max = 100.0
 over = "mean"
 """
-
-
-def _write(directory: Path, scalars: dict[str, list[tuple[int, float]]]) -> Path:
-    writer = SummaryWriter(str(directory))
-    for tag, points in scalars.items():
-        for step, value in points:
-            writer.add_scalar(tag, value, step)
-    writer.close()
-    return directory
 
 
 def _run_scalars(scale: float = 1.0, explode: bool = False) -> dict[str, list[tuple[int, float]]]:
@@ -62,8 +52,8 @@ def _check(logdir: Path, thresholds: Path, *extra: str) -> int:
     return main(["check", str(logdir), "--thresholds", str(thresholds), *extra])
 
 
-def test_check_pass(tmp_path, thresholds, capsys):
-    logdir = _write(tmp_path / "logs", _run_scalars())
+def test_check_pass(tmp_path, thresholds, capsys, write_run):
+    logdir = write_run(tmp_path / "logs", _run_scalars())
     assert _check(logdir, thresholds) == 0
     out = capsys.readouterr().out
     assert "no exploding gradients  .    gradients/norm/net.0" in out
@@ -71,9 +61,9 @@ def test_check_pass(tmp_path, thresholds, capsys):
     assert "3 checks: 3 passed, 0 failed" in out
 
 
-def test_check_fail_with_json_and_junit(tmp_path, thresholds, capsys):
-    _write(tmp_path / "logs" / "good", _run_scalars())
-    _write(tmp_path / "logs" / "bad", _run_scalars(explode=True))
+def test_check_fail_with_json_and_junit(tmp_path, thresholds, capsys, write_run):
+    write_run(tmp_path / "logs" / "good", _run_scalars())
+    write_run(tmp_path / "logs" / "bad", _run_scalars(explode=True))
     report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
     code = _check(tmp_path / "logs", thresholds, "--json", str(report), "--junit", str(junit))
     assert code == 1
@@ -81,14 +71,14 @@ def test_check_fail_with_json_and_junit(tmp_path, thresholds, capsys):
     failing = [line for line in out.splitlines() if line.endswith("FAIL")]
     assert len(failing) == 1
     assert failing[0].split() == [
-        "no", "exploding", "gradients", "bad", "gradients/norm/net.2", "50", "1", "max", "10",
-        "all", "FAIL",
+        "no", "exploding", "gradients", "bad", "gradients/norm/net.2", "50", "1", "1", "1", "max",
+        "10", "all", "FAIL",
     ]  # fmt: skip
     assert "6 checks: 5 passed, 1 failed" in out
 
     document = json.loads(report.read_text())
     assert document["passed"] is False
-    assert document["counts"] == {"checks": 6, "failed": 1, "skipped": 0}
+    assert document["counts"] == {"checks": 6, "failed": 1, "warned": 0, "skipped": 0}
     (failed,) = [r for r in document["results"] if not r["passed"]]
     assert (failed["run"], failed["tag"], failed["value"], failed["step"]) == (
         "bad",
@@ -107,10 +97,10 @@ def test_check_fail_with_json_and_junit(tmp_path, thresholds, capsys):
     assert len(root.findall(".//testcase")) == 6
 
 
-def test_check_nan_fails_and_is_reported(tmp_path, thresholds, capsys):
+def test_check_nan_fails_and_is_reported(tmp_path, thresholds, capsys, write_run):
     scalars = _run_scalars()
     scalars["health/grad_norm_total"][2] = (2, math.nan)
-    logdir = _write(tmp_path / "logs", scalars)
+    logdir = write_run(tmp_path / "logs", scalars)
     report = tmp_path / "r.json"
     assert _check(logdir, thresholds, "--json", str(report)) == 1
     assert "total gradient          .    health/grad_norm_total  nan" in capsys.readouterr().out
@@ -118,9 +108,9 @@ def test_check_nan_fails_and_is_reported(tmp_path, thresholds, capsys):
     assert (failed["value"], failed["step"]) == ("nan", 2)
 
 
-def test_check_json_reports_infinite_bounds_as_strings(tmp_path):
+def test_check_json_reports_infinite_bounds_as_strings(tmp_path, write_run):
     """TOML allows ``inf``; JSON does not: the bound is written as a string, not a crash."""
-    logdir = _write(tmp_path / "logs", _run_scalars())
+    logdir = write_run(tmp_path / "logs", _run_scalars())
     file = tmp_path / "t.toml"
     file.write_text('[[rule]]\ntag = "gradients/norm/*"\nmin = -inf\nmax = 10.0\n')
     report = tmp_path / "r.json"
@@ -129,14 +119,16 @@ def test_check_json_reports_infinite_bounds_as_strings(tmp_path):
     assert {(r["min"], r["max"]) for r in results} == {("-inf", 10.0)}
 
 
-def test_check_optional_rule_is_skipped(tmp_path, capsys):
-    logdir = _write(tmp_path / "logs", _run_scalars())
+def test_check_optional_rule_is_skipped(tmp_path, capsys, write_run):
+    logdir = write_run(tmp_path / "logs", _run_scalars())
     file = tmp_path / "t.toml"
     file.write_text(THRESHOLDS + '\n[[rule]]\ntag = "ics/*"\nmax = 1.0\noptional = true\n')
     junit = tmp_path / "j.xml"
     assert _check(logdir, file, "--junit", str(junit)) == 0
     assert "SKIP rule 'ics/*' matches no scalar tag" in capsys.readouterr().out
-    assert ET.parse(junit).getroot().get("skipped") == "1"
+    root = ET.parse(junit).getroot()
+    assert root.get("skipped") is None  # not an attribute of <testsuites> in the strict schema
+    assert [suite.get("skipped") for suite in root] == ["0", "0", "1"]
 
 
 BAD_RULES = [
@@ -173,8 +165,8 @@ BAD_RULES = [
 
 
 @pytest.mark.parametrize(("text", "message"), BAD_RULES)
-def test_check_bad_threshold_file(tmp_path, capsys, text, message):
-    logdir = _write(tmp_path / "logs", _run_scalars())
+def test_check_bad_threshold_file(tmp_path, capsys, text, message, write_run):
+    logdir = write_run(tmp_path / "logs", _run_scalars())
     file = tmp_path / "t.toml"
     file.write_text(text)
     assert _check(logdir, file) == 2
@@ -208,8 +200,8 @@ def test_check_bad_log_directories(tmp_path, thresholds, capsys):
     assert "threshold file" in capsys.readouterr().err
 
 
-def test_check_unwritable_report(tmp_path, thresholds, capsys):
-    logdir = _write(tmp_path / "logs", _run_scalars())
+def test_check_unwritable_report(tmp_path, thresholds, capsys, write_run):
+    logdir = write_run(tmp_path / "logs", _run_scalars())
     assert _check(logdir, thresholds, "--json", str(tmp_path / "no" / "dir" / "r.json")) == 2
     assert "cannot write the JSON report to" in capsys.readouterr().err
 
@@ -229,16 +221,16 @@ def test_usage_errors_and_help(capsys):
         assert example in capsys.readouterr().out
 
 
-def test_compare(tmp_path, capsys):
-    base = _write(tmp_path / "base", _run_scalars())
-    same = _write(tmp_path / "same", _run_scalars(scale=1.05))
+def test_compare(tmp_path, capsys, write_run):
+    base = write_run(tmp_path / "base", _run_scalars())
+    same = write_run(tmp_path / "same", _run_scalars(scale=1.05))
     cand_scalars = _run_scalars(scale=2.0)
     cand_scalars["gradients/norm/net.4"] = [(0, 1.0)]
     del cand_scalars["train_loss"]
-    cand = _write(tmp_path / "cand", cand_scalars)
+    cand = write_run(tmp_path / "cand", cand_scalars)
 
     assert main(["compare", str(base), str(same)]) == 0
-    assert "6 tags compared, 0 differ" in capsys.readouterr().out
+    assert "6 tags compared: 6 within tolerance, 0 differ" in capsys.readouterr().out
 
     report = tmp_path / "c.json"
     assert main(["compare", str(base), str(cand), "--json", str(report)]) == 1
@@ -248,7 +240,7 @@ def test_compare(tmp_path, capsys):
     assert rows["gradients/norm/net.2"] == ["1", "1", "+0", "+0%", "ok"]
     assert "only in baseline (1): train_loss" in out
     assert "only in candidate (1): gradients/norm/net.4" in out
-    assert "5 tags compared, 4 differ" in out
+    assert "5 tags compared: 1 within tolerance, 4 differ" in out
     document = json.loads(report.read_text())
     assert (document["compared"], document["differing"], document["passed"]) == (5, 4, False)
 
@@ -264,11 +256,11 @@ def test_compare(tmp_path, capsys):
     )
 
 
-def test_compare_several_runs_are_matched_by_path(tmp_path, capsys):
-    _write(tmp_path / "a" / "x", _run_scalars())
-    _write(tmp_path / "a" / "y", _run_scalars())
-    _write(tmp_path / "b" / "x", _run_scalars(explode=True))
-    _write(tmp_path / "b" / "z", _run_scalars())
+def test_compare_several_runs_are_matched_by_path(tmp_path, capsys, write_run):
+    write_run(tmp_path / "a" / "x", _run_scalars())
+    write_run(tmp_path / "a" / "y", _run_scalars())
+    write_run(tmp_path / "b" / "x", _run_scalars(explode=True))
+    write_run(tmp_path / "b" / "z", _run_scalars())
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--over", "mean"]) == 1
     out = capsys.readouterr().out
     assert "run x: mean value per tag" in out
@@ -280,14 +272,14 @@ def test_compare_several_runs_are_matched_by_path(tmp_path, capsys):
     assert "no run to compare" in err and "holds x, y" in err and "matched by their path" in err
 
 
-def test_summary(tmp_path, capsys):
+def test_summary(tmp_path, capsys, write_run):
     scalars = _run_scalars()
     scalars["val/activations/std/net.0"] = [(3, 7.0)]
-    logdir = _write(tmp_path / "logs", scalars)
+    logdir = write_run(tmp_path / "logs", scalars)
     assert main(["summary", str(logdir)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "run . (latest values, last step 3)"
-    assert lines[1].split() == ["LAYER", "activations/std", "gradients/norm"]
+    assert lines[1].split() == ["LAYER", "ACT_STD", "GRAD_NORM"]
     assert lines[2].split() == ["net.0", "1", "2"]
     assert lines[3].split() == ["net.2", "0.5", "1"]
     assert lines[4].split() == ["val/net.0", "7", "-"]
@@ -303,8 +295,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_subprocess_entry_points(tmp_path, thresholds):
-    logdir = _write(tmp_path / "logs", _run_scalars(explode=True))
+def test_subprocess_entry_points(tmp_path, thresholds, write_run):
+    logdir = write_run(tmp_path / "logs", _run_scalars(explode=True))
     command = ["check", str(logdir), "--thresholds", str(thresholds)]
     result = subprocess.run(
         [sys.executable, "-m", "ln_diagnostics", *command],
@@ -331,9 +323,9 @@ def test_subprocess_entry_points(tmp_path, thresholds):
     assert result.returncode == 1 and "Traceback" not in result.stderr
 
 
-def test_a_closed_pipe_ends_quietly_and_never_reads_as_a_pass(tmp_path):
+def test_a_closed_pipe_ends_quietly_and_never_reads_as_a_pass(tmp_path, write_run):
     scalars = {f"activations/std/net.{i}": [(0, 1.0)] for i in range(4000)}
-    logdir = _write(tmp_path / "logs", scalars)
+    logdir = write_run(tmp_path / "logs", scalars)
     process = subprocess.Popen(
         [sys.executable, "-m", "ln_diagnostics", "summary", str(logdir)],
         stdout=subprocess.PIPE,

@@ -24,6 +24,7 @@ from ln_diagnostics.collect.collector import Collector
 from ln_diagnostics.collect.ics import ICSProbe, LossFn
 from ln_diagnostics.collect.options import default_interval
 from ln_diagnostics.collect.probing import (
+    AttributeStateError,
     ForwardFn,
     detached_copy,
     is_plain,
@@ -175,6 +176,8 @@ def training_step_forward(trainer: Any) -> ForwardFn:
         try:
             with preserved_attributes(module):
                 return _run_training_step(trainer, module, batch, 0)
+        except AttributeStateError:
+            raise  # our own bookkeeping failed, not the user's training_step
         except Exception as exc:
             raise RuntimeError(
                 f"{type(module).__name__} has no forward(), so the probe ran its training_step "

@@ -10,7 +10,13 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
 from ln_diagnostics._validate import check_bool, check_optional_int
-from ln_diagnostics.callbacks._dashboard import start_dashboard, write_run_summary
+from ln_diagnostics.callbacks._dashboard import (
+    dashboard_state,
+    finish_dashboard,
+    restore_dashboard,
+    start_dashboard,
+    write_run_summary,
+)
 from ln_diagnostics.callbacks._diagnosis import Diagnosis, console_report
 from ln_diagnostics.callbacks._logger import describe_loggers, tensorboard_writer
 from ln_diagnostics.callbacks._probes import ProbeOptions, Probes
@@ -127,6 +133,7 @@ class LayerDiagnostics(pl.Callback):
         self._begun: int | None = None
         self._paused = ExitStack()
         self._dashboard: Any | None = None
+        self._dashboard_state: dict[str, Any] = {}
         self._listeners: list[Callable[[LoggedScalars], None]] = []
         self._probes = Probes(
             ProbeOptions.create(
@@ -296,6 +303,7 @@ class LayerDiagnostics(pl.Callback):
         write_run_summary(self, trainer)  # after every setup hook, so NormSwap has reported
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        finish_dashboard(self)  # the last logging step's heat maps and depth profile
         if self._diagnosis is not None:
             findings = self._diagnosis.write(self._writer, trainer.global_step)
             if trainer.is_global_zero:
@@ -328,11 +336,12 @@ class LayerDiagnostics(pl.Callback):
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        return {"n_logged": self.n_logged, **self._probes.state_dict()}
+        return {"n_logged": self.n_logged, **self._probes.state_dict(), **dashboard_state(self)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.n_logged = int(state_dict.get("n_logged", 0))
         self._probes.load_state_dict(state_dict)
+        restore_dashboard(self, state_dict)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -32,8 +32,10 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 
 from ln_diagnostics.errors import ThresholdViolation
+from ln_diagnostics.tags import natural_key
 from ln_diagnostics.thresholds.engine import (
     RuleResult,
+    _excess,
     describe_unmatched,
     evaluate_series,
     is_settled,
@@ -53,12 +55,14 @@ class DiagnosticThresholds(pl.Callback):
     Args:
         rules: a TOML threshold file (``str`` or path) or a list of rule dicts with the keys of a
             ``[[rule]]`` table: ``tag`` (glob), ``min``/``max``, ``over`` (``all``, ``last``,
-            ``mean``, ``max``, ``min``), ``after_step``, ``optional``, ``name``; or ``finding``
-            (a finding kind or glob) instead of ``tag`` and bounds, judged at fit end on
-            ``LayerDiagnostics.diagnose()``.
+            ``mean``, ``max``, ``min``), ``after_step``, ``optional``, ``name``, ``severity``
+            (``"error"``, or ``"warn"``: a failing rule warns whatever ``on_violation`` says);
+            or ``finding`` (a finding kind or glob) instead of ``tag`` and bounds, judged at fit
+            end on ``LayerDiagnostics.diagnose()``.
         on_violation: ``"raise"`` raises :class:`ln_diagnostics.ThresholdViolation` naming rule,
-            tag, value, bound and step; ``"stop"`` prints that message and sets
-            ``trainer.should_stop``; ``"warn"`` warns once per rule.
+            the worst tag, value, bound and step, and every tag that fails the rule there;
+            ``"stop"`` prints that message and sets ``trainer.should_stop``; ``"warn"`` warns
+            once per rule.
 
     Raises:
         ValueError: a rule is invalid or the file is missing or malformed (the message names the
@@ -82,7 +86,9 @@ class DiagnosticThresholds(pl.Callback):
 
     def __init__(
         self,
-        rules: str | os.PathLike[str] | Sequence[Mapping[str, Any]],
+        # the list first: jsonargparse (LightningCLI) tries a Union's members in order, and
+        # ``str`` would accept a YAML list of rules as its text
+        rules: Sequence[Mapping[str, Any]] | str | os.PathLike[str],
         *,
         on_violation: OnViolation = "raise",
     ) -> None:
@@ -181,6 +187,7 @@ class DiagnosticThresholds(pl.Callback):
 
     def _check(self, trainer: pl.Trainer, step: int, scalars: Mapping[str, float]) -> None:
         self._seen_tags.update(scalars)
+        failures: dict[str, list[RuleResult]] = {}
         for tag, raw in scalars.items():
             value = float(raw)
             for rule in self._rules_for(tag):
@@ -197,7 +204,9 @@ class DiagnosticThresholds(pl.Callback):
                 # no later point can undo (the first value above max is the running max, ...).
                 result = evaluate_series(rule, tag, [(step, value)])
                 if is_settled(result):
-                    self._violation(trainer, result)
+                    failures.setdefault(rule.key, []).append(result)
+        for results in failures.values():
+            self._violation(trainer, results)
 
     def _aggregate_results(self, rule: Rule) -> list[RuleResult]:
         results = []
@@ -208,17 +217,31 @@ class DiagnosticThresholds(pl.Callback):
                     results.append(evaluate_series(rule, tag, selected))
         return results
 
-    def _violation(self, trainer: pl.Trainer, result: RuleResult) -> None:
-        rule = result.rule
+    def _violation(self, trainer: pl.Trainer, failures: Sequence[RuleResult]) -> None:
+        """Report one rule's failing tags at once: the worst value, and every tag by name."""
+        rule = failures[0].rule
         if rule.key in self._reported:
             return
         self._reported.add(rule.key)
-        error = ThresholdViolation(
-            rule.label, result.tag, result.value, self._bound(result), result.step
+        worst = (  # a finding rule has no bound to exceed: its one result is the worst
+            failures[0]
+            if rule.finding
+            else max(failures, key=lambda result: _excess(rule, result.value))
         )
-        if self.on_violation == "raise":
+        error = ThresholdViolation(
+            rule.label,
+            worst.tag,
+            worst.value,
+            self._bound(worst),
+            worst.step,
+            failing=sorted((result.tag for result in failures), key=natural_key),
+        )
+        if rule.severity == "warn":
+            if trainer.is_global_zero:
+                warnings.warn(f"DiagnosticThresholds: warn: {error}", UserWarning, stacklevel=2)
+        elif self.on_violation == "raise":
             raise error
-        if self.on_violation == "stop":
+        elif self.on_violation == "stop":
             trainer.should_stop = True
             if trainer.is_global_zero:
                 print(f"DiagnosticThresholds: stopping: {error}", file=sys.stderr, flush=True)
@@ -233,7 +256,7 @@ class DiagnosticThresholds(pl.Callback):
                 self._matched.update(rule.key for rule in rules)
                 for result in evaluate_findings(rules, source.diagnose()):
                     if not result.passed:
-                        self._violation(trainer, result)
+                        self._violation(trainer, [result])
 
     @staticmethod
     def _bound(result: RuleResult) -> str:
@@ -256,9 +279,9 @@ class DiagnosticThresholds(pl.Callback):
         self._poll(trainer)
         self._check_findings(trainer)
         for rule in self._aggregate_rules:
-            for result in self._aggregate_results(rule):
-                if not result.passed:
-                    self._violation(trainer, result)
+            failures = [result for result in self._aggregate_results(rule) if not result.passed]
+            if failures:
+                self._violation(trainer, failures)
         if not self._checked_steps:
             return  # nothing was logged; ``setup`` already warned when there is no source
         last_step = max(self._checked_steps.values())

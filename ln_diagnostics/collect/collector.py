@@ -61,6 +61,7 @@ from ln_diagnostics.collect.selection import (
     saturation_kind,
     select_modules,
 )
+from ln_diagnostics.diagnose.depth import depth_log10, hidden_stack
 from ln_diagnostics.stats.histogram import bucket_edges, histogram
 from ln_diagnostics.stats.moments import (
     CHUNK,
@@ -631,11 +632,11 @@ class Collector:
         norms = {i: math.sqrt(squares[i]) for i in self._order if i in squares}
         for i, norm in norms.items():
             scalars[self._tag(BACKPROP, "norm", i)] = norm
-        if len(norms) >= 2:
-            ordered = list(norms.values())
-            first, last = ordered[0], ordered[-1]
-            if not (first <= 0 or last <= 0):  # NaN passes
-                scalars[self._health("backprop_depth_log10")] = math.log10(first / last)
+        order = list(norms)  # forward order; embedding and head left out, as in the diagnosis
+        stack = hidden_stack([(self.names[i], bool(self._module_params[i])) for i in order])
+        depth = depth_log10([norms[order[k]] for k in stack])
+        if depth is not None:  # NaN passes: a non-finite gradient must reach the log
+            scalars[self._health("backprop_depth_log10")] = depth
 
     def _gradient_scalars(self, chunks: dict, scalars: dict[str, float]) -> None:
         if not chunks["param"]:

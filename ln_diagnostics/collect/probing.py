@@ -82,10 +82,19 @@ def preserved_state(model: nn.Module, *, seed: int | None = None) -> Iterator[No
         rng.restore()
 
 
+class AttributeStateError(RuntimeError):
+    """:func:`preserved_attributes` could not save or put back one attribute (the message names
+    it): a failure of the probe's bookkeeping, not of the user's code it ran."""
+
+
 def _snapshot(value: Any) -> Any:
     """What :func:`_restore` needs to undo in-place changes of ``value``: a tensor's clone and
-    version counter, a container's shallow copy; nothing for other objects."""
+    version counter (``None`` for an inference tensor, which has none), a container's shallow
+    copy; nothing for other objects."""
     if isinstance(value, Tensor):
+        if value.is_inference():
+            with torch.inference_mode():
+                return value.clone(), None
         return value.detach().clone(), value._version
     if isinstance(value, (list, dict, set)):
         return copy.copy(value)
@@ -95,14 +104,15 @@ def _snapshot(value: Any) -> Any:
 def _restore(value: Any, saved: Any) -> Any:
     """``value`` with the contents :func:`_snapshot` saved put back in place, so that other
     references to it see them too; a tensor is written only if it was changed in place (its
-    version counter moved) and replaced by its copy if its shape or dtype changed."""
+    version counter moved; an inference tensor, without a counter, is always written back) and
+    replaced by its copy if its shape or dtype changed."""
     if isinstance(value, Tensor):
         clone, version = saved
-        if value._version == version:
+        if version is not None and value._version == version:
             return value
         if value.shape != clone.shape or value.dtype != clone.dtype:
             return clone
-        with torch.no_grad():
+        with torch.inference_mode() if version is None else torch.no_grad():
             value.copy_(clone)
     elif isinstance(value, list):
         value[:] = saved
@@ -112,6 +122,16 @@ def _restore(value: Any, saved: Any) -> Any:
     return value
 
 
+def _guarded(what: str, owner: str, key: str, fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise AttributeStateError(
+            f"ln-diagnostics could not {what} attribute {owner}.{key} around the probe "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 @contextmanager
 def preserved_attributes(model: nn.Module) -> Iterator[None]:
     """Run the block, then undo what it did to the attributes of ``model`` and its submodules.
@@ -119,8 +139,10 @@ def preserved_attributes(model: nn.Module) -> Iterator[None]:
     For a ``training_step`` run as a probe: an attribute it rebinds (an LSTM's carried
     ``self.hidden``) or adds is put back or removed; a list, dict or set it changes in place
     (``self.outputs.append(loss)``) gets its contents back, and so does a tensor attribute that
-    is not a parameter or buffer. Objects deeper than that (a metric object's state) are not
-    restored.
+    is not a parameter or buffer (inference tensors, made under ``trainer.validate``, included).
+    A metric object's state is restored too, since torchmetrics metrics are submodules whose
+    states are such attributes; objects that are not modules are not looked into. A failure to
+    save or restore an attribute raises :class:`AttributeStateError` naming it.
 
     Example:
         >>> model = nn.Linear(2, 2)
@@ -131,15 +153,31 @@ def preserved_attributes(model: nn.Module) -> Iterator[None]:
         >>> model.outputs, hasattr(model, "hidden")
         ([], False)
     """
-    saved = [(vars(m), {k: (v, _snapshot(v)) for k, v in vars(m).items()}) for m in model.modules()]
+    saved = [
+        (
+            name or type(model).__name__,
+            vars(m),
+            {
+                k: (v, _guarded("save", name or type(model).__name__, k, _snapshot, v))
+                for k, v in vars(m).items()
+            },
+        )
+        for name, m in model.named_modules()
+    ]
     try:
         yield
     finally:
-        for attributes, before in saved:
+        failures = []
+        for owner, attributes, before in saved:
             for key in [k for k in attributes if k not in before]:
                 del attributes[key]
             for key, (value, copied) in before.items():
-                attributes[key] = _restore(value, copied)
+                try:
+                    attributes[key] = _guarded("restore", owner, key, _restore, value, copied)
+                except AttributeStateError as exc:  # put the others back before raising
+                    failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:

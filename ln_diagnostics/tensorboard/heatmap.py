@@ -1,251 +1,158 @@
-"""Depth × step heat maps rendered to RGB arrays without a plotting library.
+"""Depth pictures drawn with matplotlib: layers × steps heat maps and depth profiles.
 
-Rows are layers in forward order (input at the top), columns are logging steps, colour is the
-value (viridis: dark purple = low, yellow = high). Vanishing gradients show as a dark band in the
-rows toward the input. Cells without a value (a layer that produced no gradient at that step, a
-non-finite value) are drawn in :data:`NAN_COLOR`. The picture carries its own title, layer names,
-step axis and a colour bar, drawn with a built-in 5×7 bitmap font, so TensorBoard's image
-dashboard shows it as is.
+Both are pure functions from numbers to an ``(H, W, 3)`` uint8 RGB array, which
+:func:`ln_diagnostics.tensorboard.writer.image_summary` writes as a PNG. They draw on a bare
+``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, no GUI backend), and matplotlib is
+imported on the first drawing only, so a run that never draws does not load it.
 
-Everything here is a pure function from numbers to a ``uint8`` array of shape ``(H, W, 3)``; write
-it with :func:`ln_diagnostics.tensorboard.writer.image_summary`.
+Colour and axis ranges are fixed per quantity (:class:`Scale`), not taken from the data, so that the
+same colour means the same value in every run under one log root: two runs' heat maps compare at a
+glance. Values outside the range take the end colours, and the colour bar's pointed ends say so.
 
 Example:
     >>> image = render_heatmap(
-    ...     [[-4.0, -3.5], [-1.0, -0.5]], row_labels=["net.0", "net.2"], steps=[0, 10],
-    ...     title="log10 backprop norm")
-    >>> image.dtype, image.shape[2]
-    (dtype('uint8'), 3)
+    ...     [[-4.0, -3.5], [0.0, 0.0]], row_labels=["net.1 Tanh", "net.3 Tanh"], steps=[0, 10],
+    ...     scale=BACKPROP_SCALE, title="backprop")
+    >>> image.dtype.name, image.shape[2]
+    ('uint8', 3)
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 from collections.abc import Sequence
 from functools import cache
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
+    "ACTIVATION_STD_SCALE",
+    "BACKPROP_SCALE",
     "NAN_COLOR",
-    "VIRIDIS",
-    "colorize",
-    "draw_text",
+    "ProfilePanel",
+    "Scale",
     "render_heatmap",
-    "text_width",
-    "truncate_left",
+    "render_profiles",
+    "tick_positions",
 ]
 
-#: Viridis sampled at 16 evenly spaced points; colours in between are interpolated linearly.
-VIRIDIS: tuple[tuple[int, int, int], ...] = (
-    (68, 1, 84),
-    (72, 26, 108),
-    (71, 47, 125),
-    (65, 68, 135),
-    (57, 86, 140),
-    (49, 104, 142),
-    (42, 120, 142),
-    (35, 136, 142),
-    (31, 152, 139),
-    (34, 168, 132),
-    (53, 183, 121),
-    (84, 197, 104),
-    (122, 209, 81),
-    (165, 219, 54),
-    (210, 226, 27),
-    (253, 231, 37),
-)
-#: Colour of cells without a finite value (no viridis colour is grey).
-NAN_COLOR: tuple[int, int, int] = (150, 150, 150)
-BACKGROUND: tuple[int, int, int] = (255, 255, 255)
-INK: tuple[int, int, int] = (20, 20, 20)
+#: Colour of cells without a finite value (neither colour map holds a grey).
+NAN_COLOR = "#999999"
 
-GLYPH_W, GLYPH_H = 5, 7
-_PAD = 8
-_MIN_HEAT_H = 126
 
-# 5×7 glyphs, one string of 7 rows × 5 columns each ("#" = ink). Characters missing here are
-# drawn as "?".
-_FONT_ROWS: dict[str, str] = {
-    "A": ".###. #...# #...# ##### #...# #...# #...#",
-    "B": "####. #...# #...# ####. #...# #...# ####.",
-    "C": ".###. #...# #.... #.... #.... #...# .###.",
-    "D": "####. #...# #...# #...# #...# #...# ####.",
-    "E": "##### #.... #.... ####. #.... #.... #####",
-    "F": "##### #.... #.... ####. #.... #.... #....",
-    "G": ".###. #...# #.... #.### #...# #...# .####",
-    "H": "#...# #...# #...# ##### #...# #...# #...#",
-    "I": ".###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "J": "..### ...#. ...#. ...#. ...#. #..#. .##..",
-    "K": "#...# #..#. #.#.. ##... #.#.. #..#. #...#",
-    "L": "#.... #.... #.... #.... #.... #.... #####",
-    "M": "#...# ##.## #.#.# #.#.# #...# #...# #...#",
-    "N": "#...# #...# ##..# #.#.# #..## #...# #...#",
-    "O": ".###. #...# #...# #...# #...# #...# .###.",
-    "P": "####. #...# #...# ####. #.... #.... #....",
-    "Q": ".###. #...# #...# #...# #.#.# #..#. .##.#",
-    "R": "####. #...# #...# ####. #.#.. #..#. #...#",
-    "S": ".#### #.... #.... .###. ....# ....# ####.",
-    "T": "##### ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
-    "U": "#...# #...# #...# #...# #...# #...# .###.",
-    "V": "#...# #...# #...# #...# #...# .#.#. ..#..",
-    "W": "#...# #...# #...# #.#.# #.#.# #.#.# .#.#.",
-    "X": "#...# #...# .#.#. ..#.. .#.#. #...# #...#",
-    "Y": "#...# #...# .#.#. ..#.. ..#.. ..#.. ..#..",
-    "Z": "##### ....# ...#. ..#.. .#... #.... #####",
-    "a": "..... ..... .###. ....# .#### #...# .####",
-    "b": "#.... #.... #.##. ##..# #...# #...# ####.",
-    "c": "..... ..... .###. #.... #.... #...# .###.",
-    "d": "....# ....# .##.# #..## #...# #...# .####",
-    "e": "..... ..... .###. #...# ##### #.... .###.",
-    "f": "..##. .#..# .#... ###.. .#... .#... .#...",
-    "g": "..... ..... .#### #...# .#### ....# .###.",
-    "h": "#.... #.... #.##. ##..# #...# #...# #...#",
-    "i": "..#.. ..... .##.. ..#.. ..#.. ..#.. .###.",
-    "j": "...#. ..... ..##. ...#. ...#. #..#. .##..",
-    "k": "#.... #.... #..#. #.#.. ##... #.#.. #..#.",
-    "l": ".##.. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "m": "..... ..... ##.#. #.#.# #.#.# #...# #...#",
-    "n": "..... ..... #.##. ##..# #...# #...# #...#",
-    "o": "..... ..... .###. #...# #...# #...# .###.",
-    "p": "..... ..... ####. #...# ####. #.... #....",
-    "q": "..... ..... .##.# #..## .#### ....# ....#",
-    "r": "..... ..... #.##. ##..# #.... #.... #....",
-    "s": "..... ..... .###. #.... .###. ....# ####.",
-    "t": ".#... .#... ###.. .#... .#... .#..# ..##.",
-    "u": "..... ..... #...# #...# #...# #..## .##.#",
-    "v": "..... ..... #...# #...# #...# .#.#. ..#..",
-    "w": "..... ..... #...# #...# #.#.# #.#.# .#.#.",
-    "x": "..... ..... #...# .#.#. ..#.. .#.#. #...#",
-    "y": "..... ..... #...# #...# .#### ....# .###.",
-    "z": "..... ..... ##### ...#. ..#.. .#... #####",
-    "0": ".###. #...# #..## #.#.# ##..# #...# .###.",
-    "1": "..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "2": ".###. #...# ....# ...#. ..#.. .#... #####",
-    "3": "##### ...#. ..#.. ...#. ....# #...# .###.",
-    "4": "...#. ..##. .#.#. #..#. ##### ...#. ...#.",
-    "5": "##### #.... ####. ....# ....# #...# .###.",
-    "6": "..##. .#... #.... ####. #...# #...# .###.",
-    "7": "##### ....# ...#. ..#.. .#... .#... .#...",
-    "8": ".###. #...# #...# .###. #...# #...# .###.",
-    "9": ".###. #...# #...# .#### ....# ...#. .##..",
-    ".": "..... ..... ..... ..... ..... .##.. .##..",
-    ",": "..... ..... ..... ..... .##.. ..#.. .#...",
-    ":": "..... .##.. .##.. ..... .##.. .##.. .....",
-    "_": "..... ..... ..... ..... ..... ..... #####",
-    "-": "..... ..... ..... ##### ..... ..... .....",
-    "+": "..... ..#.. ..#.. ##### ..#.. ..#.. .....",
-    "=": "..... ..... ##### ..... ##### ..... .....",
-    "/": "..... ....# ...#. ..#.. .#... #.... .....",
-    "<": "...#. ..#.. .#... #.... .#... ..#.. ...#.",
-    ">": ".#... ..#.. ...#. ....# ...#. ..#.. .#...",
-    "(": "...#. ..#.. .#... .#... .#... ..#.. ...#.",
-    ")": ".#... ..#.. ...#. ...#. ...#. ..#.. .#...",
-    "[": ".###. .#... .#... .#... .#... .#... .###.",
-    "]": ".###. ...#. ...#. ...#. ...#. ...#. .###.",
-    "?": ".###. #...# ....# ...#. ..#.. ..... ..#..",
-    " ": "..... ..... ..... ..... ..... ..... .....",
-}
+class Scale(NamedTuple):
+    """A fixed value range and how it is drawn.
+
+    Attributes:
+        vmin: value of the lowest colour (or the bottom of a profile's y axis).
+        vmax: value of the highest colour.
+        log: colour by log10 of the value (for positive values that span decades).
+        cmap: a matplotlib colour map name.
+        label: what the colours mean, written beside the colour bar.
+    """
+
+    vmin: float
+    vmax: float
+    log: bool
+    cmap: str
+    label: str
+
+
+#: log10 of a layer's backprop norm over that of the hidden stack's last layer at the same step:
+#: 0 (white) = the gradient arrives undiminished, -6 = a millionth of it (blue: vanishing toward
+#: the input), +6 = a million times more (red: exploding). Relative, so the loss scale of a run
+#: does not move the colours, and the stack's first row reads as ``health/backprop_depth_log10``.
+BACKPROP_SCALE = Scale(-6.0, 6.0, False, "RdBu_r", "log10(backprop norm / last stack layer's)")
+#: Activation std on a log colour scale from 1e-3 (collapsed) to 10; 1 is unit scale.
+ACTIVATION_STD_SCALE = Scale(1e-3, 1e1, True, "viridis", "activation std (log colour scale)")
+
+
+#: Width of the pictures in pixels: that of an Images-tab card, so that they show at full size
+#: and their labels stay legible without "Show actual image size".
+WIDTH_PX = 360
+_DPI = 100
+_FONT = {"font.size": 6.5, "axes.titlesize": 7.0, "legend.fontsize": 6.0}
+
+
+def _draw(paint: Any, height_px: float) -> np.ndarray:
+    """``paint(figure)`` on a new figure in the pictures' font sizes, rendered to RGB."""
+    import matplotlib  # first drawing only: most runs never pay the import
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context(_FONT):
+        size = (WIDTH_PX / _DPI, height_px / _DPI)
+        figure = Figure(figsize=size, dpi=_DPI, layout="constrained")
+        paint(figure)
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+    rgb = np.array(np.asarray(canvas.buffer_rgba())[..., :3])
+    del canvas, figure
+    _return_freed_heap()
+    return rgb
+
+
+def _return_freed_heap() -> None:
+    """Hand the drawing's freed heap pages back to the OS (glibc's ``malloc_trim``).
+
+    A drawing allocates and frees ~10 MB in small blocks; glibc keeps them, so without this the
+    training process would carry them for the rest of the run. No-op where glibc is absent.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        gc.collect()  # matplotlib's artists hold reference cycles
+        trim(0)
 
 
 @cache
-def _glyph(char: str, scale: int) -> np.ndarray:
-    rows = _FONT_ROWS.get(char, _FONT_ROWS["?"]).split()
-    bitmap = np.array([[c == "#" for c in row] for row in rows], dtype=bool)
-    return np.kron(bitmap, np.ones((scale, scale), dtype=bool)).astype(bool)
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
-def text_width(text: str, *, scale: int = 1) -> int:
-    """Width in pixels of ``text`` drawn by :func:`draw_text` (one pixel column between glyphs).
-
-    Example:
-        >>> text_width("net.0", scale=2)
-        58
-    """
-    if not text:
-        return 0
-    return (len(text) * (GLYPH_W + 1) - 1) * scale
-
-
-def draw_text(
-    image: np.ndarray,
-    text: str,
-    x: int,
-    y: int,
-    *,
-    scale: int = 1,
-    color: tuple[int, int, int] = INK,
-) -> None:
-    """Draw ``text`` into ``image`` (``H×W×3`` uint8, in place) with its top-left corner at x, y.
-
-    Pixels outside the image are clipped. Characters without a glyph are drawn as ``?``.
+def tick_positions(n: int, max_ticks: int) -> list[int]:
+    """Up to ``max_ticks`` evenly spaced indices of ``range(n)``, always with the first and last.
 
     Example:
-        >>> canvas = np.full((7, 11, 3), 255, dtype=np.uint8)
-        >>> draw_text(canvas, "-1", 0, 0)
-        >>> bool((canvas[3, 0:5] == INK).all())  # the minus sign's bar
-        True
+        >>> tick_positions(11, 3), tick_positions(2, 8)
+        ([0, 5, 10], [0, 1])
     """
-    height, width = image.shape[:2]
-    for k, char in enumerate(text):
-        glyph = _glyph(char, scale)
-        gx = x + k * (GLYPH_W + 1) * scale
-        x0, y0 = max(gx, 0), max(y, 0)
-        x1, y1 = min(gx + glyph.shape[1], width), min(y + glyph.shape[0], height)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        mask = glyph[y0 - y : y1 - y, x0 - gx : x1 - gx]
-        image[y0:y1, x0:x1][mask] = color
+    if n <= max_ticks:
+        return list(range(n))
+    return sorted({round(k * (n - 1) / (max_ticks - 1)) for k in range(max_ticks)})
 
 
-def truncate_left(label: str, max_chars: int) -> str:
-    """Keep the end of a long layer name, which tells layers apart: ``..layers.11.linear2``.
+def _colour_map(name: str) -> Any:
+    from matplotlib import colormaps
 
-    Example:
-        >>> truncate_left("encoder.layers.11.linear2", 12)
-        '..11.linear2'
-    """
-    if len(label) <= max_chars:
-        return label
-    return ".." + label[len(label) - max(max_chars - 2, 1) :]
+    return colormaps[name].with_extremes(bad=NAN_COLOR)
 
 
-def colorize(
-    values: np.ndarray,
-    vmin: float,
-    vmax: float,
-    *,
-    colors: Sequence[tuple[int, int, int]] = VIRIDIS,
-) -> np.ndarray:
-    """Map a float matrix to RGB through ``colors`` (linear from ``vmin`` to ``vmax``).
+def _norm(scale: Scale) -> Any:
+    from matplotlib.colors import LogNorm, Normalize
 
-    Values outside the range are clipped to its ends; non-finite values get :data:`NAN_COLOR`.
-
-    Example:
-        >>> colorize(np.array([[0.0, 1.0, np.nan]]), 0.0, 1.0).tolist()
-        [[[68, 1, 84], [253, 231, 37], [150, 150, 150]]]
-    """
-    values = np.asarray(values, dtype=np.float64)
-    table = np.asarray(colors, dtype=np.float64)
-    finite = np.isfinite(values)
-    span = vmax - vmin
-    if span > 0 and math.isfinite(span):
-        t = np.clip((np.where(finite, values, vmin) - vmin) / span, 0.0, 1.0)
-    else:
-        t = np.full(values.shape, 0.5)
-    position = t * (len(table) - 1)
-    low = np.minimum(np.floor(position).astype(np.int64), len(table) - 2)
-    frac = (position - low)[..., None]
-    rgb = table[low] * (1.0 - frac) + table[low + 1] * frac
-    out = np.rint(rgb).astype(np.uint8)
-    out[~finite] = NAN_COLOR
-    return out
+    if scale.log:
+        return LogNorm(vmin=scale.vmin, vmax=scale.vmax, clip=False)
+    return Normalize(vmin=scale.vmin, vmax=scale.vmax, clip=False)
 
 
-def _format(value: float) -> str:
-    if value == 0:
-        return "0"
-    return f"{value:.3g}"
+def _label_rows(axes: Any, labels: Sequence[str], font_size: float) -> None:
+    rows = tick_positions(len(labels), 64)
+    axes.set_yticks(rows, [labels[r] for r in rows], fontsize=font_size)
+
+
+def _mark_stack(axes: Any, stack: tuple[int, int] | None, *, horizontal: bool) -> None:
+    """Dashed lines around the hidden stack (rows or columns ``stack[0]..stack[1]``)."""
+    if stack is None:
+        return
+    line = axes.axhline if horizontal else axes.axvline
+    for edge in (stack[0] - 0.5, stack[1] + 0.5):
+        line(edge, color="black", linestyle="--", linewidth=0.8)
 
 
 def render_heatmap(
@@ -253,33 +160,26 @@ def render_heatmap(
     *,
     row_labels: Sequence[str],
     steps: Sequence[int],
+    scale: Scale,
     title: str = "",
-    vmin: float | None = None,
-    vmax: float | None = None,
-    max_label_chars: int = 28,
+    stack: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Render a layers × steps matrix as an annotated heat map.
+    """Render a layers × steps matrix as a heat map with a fixed colour range.
 
     Args:
-        values: ``R × C`` floats, row ``r`` = layer ``row_labels[r]`` (forward order, input
-            first), column ``c`` = logging step ``steps[c]``; NaN where there is no value.
-        row_labels: one name per row; names longer than ``max_label_chars`` keep their end.
+        values: ``R × C`` floats, row ``r`` = layer ``row_labels[r]`` (forward order, input at the
+            top), column ``c`` = logging step ``steps[c]``; NaN where there is no value (grey).
+        row_labels: one label per row, e.g. ``"net.3 Tanh"``.
         steps: one global step per column, increasing.
+        scale: the colour range and map, the same for every run.
         title: drawn above the map.
-        vmin: value of the darkest colour; default the smallest finite value.
-        vmax: value of the brightest colour; default the largest finite value.
-        max_label_chars: longest row label, in characters.
+        stack: first and last row of the hidden stack, marked with dashed lines.
 
     Returns:
         An ``H × W × 3`` uint8 RGB image.
 
     Raises:
         ValueError: the shape of ``values`` does not match the labels, or it is empty.
-
-    Example:
-        >>> img = render_heatmap(np.zeros((3, 5)), row_labels=["a", "b", "c"], steps=range(5))
-        >>> img.ndim, img.dtype.name
-        (3, 'uint8')
     """
     matrix = np.asarray(values, dtype=np.float64)
     if matrix.ndim != 2 or matrix.size == 0:
@@ -290,83 +190,111 @@ def render_heatmap(
             f"values has shape {matrix.shape}, expected ({len(row_labels)}, {len(steps)}) "
             "from row_labels and steps"
         )
-    finite = matrix[np.isfinite(matrix)]
-    if vmin is not None:
-        lo = float(vmin)
-    else:
-        lo = float(finite.min()) if finite.size else 0.0
-    if vmax is not None:
-        hi = float(vmax)
-    else:
-        hi = float(finite.max()) if finite.size else 1.0
+    font = 6.0 if n_rows <= 40 else max(4.0, 6.0 * 40 / min(n_rows, 64))
+    shown = np.where(np.isfinite(matrix), matrix, np.nan)
+    if scale.log:
+        shown = np.where(shown > 0, shown, np.nan)
+    missing = not np.isfinite(shown).all()
 
-    # Geometry: big cells and 2× text while the layers fit, thinner rows and 1× text beyond.
-    if n_rows <= 44:
-        cell_h, label_scale = max(18, math.ceil(_MIN_HEAT_H / n_rows)), 2
-    else:
-        cell_h, label_scale = max(2, 800 // n_rows), 1
-    label_every = max(1, math.ceil((GLYPH_H * label_scale + 2) / cell_h))
-    cell_w = max(2, min(40, 640 // n_cols))
-    heat_h, heat_w = n_rows * cell_h, n_cols * cell_w
-    labels = [truncate_left(label, max_label_chars) for label in row_labels]
-    label_w = max(text_width(label, scale=label_scale) for label in labels)
-    text_h = GLYPH_H * 2
+    def paint(figure: Any) -> None:
+        axes = figure.add_subplot()
+        image = axes.imshow(
+            np.ma.masked_invalid(shown),
+            aspect="auto",
+            interpolation="nearest",
+            cmap=_colour_map(scale.cmap),
+            norm=_norm(scale),
+        )
+        _label_rows(axes, row_labels, font)
+        columns = tick_positions(n_cols, 5)
+        axes.set_xticks(columns, [str(int(steps[c])) for c in columns])
+        axes.set_xlabel("step" + ("   (grey: no value)" if missing else ""))
+        _mark_stack(axes, stack, horizontal=True)
+        if title:
+            axes.set_title(title, loc="left")
+        bar = figure.colorbar(image, ax=axes, extend="both", fraction=0.08, pad=0.02)
+        bar.set_label(scale.label)
 
-    tick_texts = [_format(v) for v in (hi, (lo + hi) / 2, lo)]
-    tick_w = max(text_width(t, scale=2) for t in tick_texts)
-    nan_note = "no value"
-    legend_w = max(tick_w, text_h + 6 + text_width(nan_note, scale=2))
+    return _draw(paint, 110 + 10 * min(n_rows, 64))
 
-    x_heat = _PAD + label_w + _PAD
-    x_bar = x_heat + heat_w + 2 * _PAD
-    bar_w = 16
-    width = max(x_bar + bar_w + _PAD + legend_w + _PAD, text_width(title, scale=2) + 2 * _PAD)
-    y_heat = _PAD + text_h + _PAD if title else _PAD
-    y_axis = y_heat + heat_h + 4
-    height = y_axis + 4 + text_h + _PAD
 
-    image = np.empty((height, width, 3), dtype=np.uint8)
-    image[:] = BACKGROUND
-    if title:
-        draw_text(image, title, _PAD, _PAD, scale=2)
+class ProfilePanel(NamedTuple):
+    """One statistic of a depth profile, in log10.
 
-    cells = colorize(matrix, lo, hi)
-    block = np.repeat(np.repeat(cells, cell_h, axis=0), cell_w, axis=1)
-    image[y_heat : y_heat + heat_h, x_heat : x_heat + heat_w] = block
+    Attributes:
+        title: the panel's title.
+        lines: ``(label, values)`` per line, one value per layer (NaN where the layer has none).
+        limits: the y range every run shares; widened to whole decades when values leave it.
+        reference: a dashed horizontal line at this value (e.g. -3 for the update ratio), or None.
+    """
 
-    glyph_h = GLYPH_H * label_scale
-    for r in range(0, n_rows, label_every):
-        label = labels[r]
-        y = y_heat + r * cell_h + (cell_h - glyph_h) // 2
-        x = x_heat - _PAD - text_width(label, scale=label_scale)
-        draw_text(image, label, x, y, scale=label_scale)
+    title: str
+    lines: Sequence[tuple[str, Sequence[float]]]
+    limits: tuple[float, float]
+    reference: float | None = None
 
-    # Step axis: tick marks and step numbers that do not overlap.
-    step_texts = [str(int(s)) for s in steps]
-    widest = max(text_width(t, scale=2) for t in step_texts)
-    n_ticks = max(1, min(n_cols, heat_w // (widest + 40)))
-    ticks = sorted({round(k * (n_cols - 1) / max(n_ticks - 1, 1)) for k in range(n_ticks)})
-    for c in ticks:
-        cx = x_heat + c * cell_w + cell_w // 2
-        image[y_heat + heat_h : y_axis, cx] = INK
-        text = step_texts[c]
-        text_w = text_width(text, scale=2)
-        tx = max(min(cx - text_w // 2, x_heat + heat_w - text_w), x_heat)
-        draw_text(image, text, tx, y_axis + 4, scale=2)
-    draw_text(image, "step", x_heat - _PAD - text_width("step", scale=2), y_axis + 4, scale=2)
 
-    # Colour bar: brightest at the top, with the range's ends and middle written next to it.
-    gradient = np.linspace(hi, lo, heat_h)[:, None].repeat(bar_w, axis=1)
-    image[y_heat : y_heat + heat_h, x_bar : x_bar + bar_w] = colorize(gradient, lo, hi)
-    x_ticks = x_bar + bar_w + _PAD // 2
-    for text, y in zip(
-        tick_texts,
-        (y_heat, y_heat + (heat_h - text_h) // 2, y_heat + heat_h - text_h),
-        strict=True,
-    ):
-        draw_text(image, text, x_ticks, y, scale=2)
-    if not np.isfinite(matrix).all():
-        y_nan = y_axis + 4
-        image[y_nan : y_nan + text_h, x_bar : x_bar + text_h] = NAN_COLOR
-        draw_text(image, nan_note, x_bar + text_h + 6, y_nan, scale=2)
-    return image
+def _limits(panel: ProfilePanel) -> tuple[float, float]:
+    low, high = panel.limits
+    finite = [v for _, values in panel.lines for v in values if math.isfinite(v)]
+    if finite:
+        low, high = min(low, math.floor(min(finite))), max(high, math.ceil(max(finite)))
+    return low, high
+
+
+def render_profiles(
+    panels: Sequence[ProfilePanel],
+    *,
+    layer_labels: Sequence[str],
+    title: str = "",
+    stack: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Render statistics against layer index (forward order), one panel each, stacked.
+
+    Args:
+        panels: the statistics; every panel has one value per layer in each line.
+        layer_labels: x tick labels, e.g. ``"net.3 Tanh"``.
+        title: drawn above the panels.
+        stack: first and last layer index of the hidden stack, marked with dashed lines.
+
+    Returns:
+        An ``H × W × 3`` uint8 RGB image.
+
+    Example:
+        >>> panel = ProfilePanel("log10 x", [("step 0", [-2.0, -1.0, 0.0])], (-3.0, 1.0))
+        >>> render_profiles([panel], layer_labels=["a", "b", "c"]).shape[2]
+        3
+    """
+    n = len(layer_labels)
+    for panel in panels:
+        for label, values in panel.lines:
+            if len(values) != n:
+                raise ValueError(
+                    f"panel {panel.title!r}, line {label!r}: {len(values)} values for {n} layers"
+                )
+    x = np.arange(n)
+    styles = ({"linestyle": "--", "color": "0.45"}, {"linestyle": "-", "color": "tab:blue"})
+
+    def paint(figure: Any) -> None:
+        axes_list = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+        for axes, panel in zip(axes_list, panels, strict=True):
+            for (label, values), style in zip(panel.lines, styles, strict=False):
+                y = np.asarray(values, dtype=np.float64)
+                present = np.isfinite(y)
+                axes.plot(x[present], y[present], marker="o", markersize=2, label=label, **style)
+            if panel.reference is not None:
+                axes.axhline(panel.reference, color="tab:green", linestyle=":", linewidth=1)
+            axes.set_ylim(*_limits(panel))
+            axes.set_title(panel.title, loc="left")
+            axes.grid(True, alpha=0.3)
+            _mark_stack(axes, stack, horizontal=False)
+        axes_list[0].legend(loc="best")
+        if title:
+            figure.suptitle(title, fontsize=7.0, x=0.02, ha="left")
+        ticks = tick_positions(n, 40)
+        font = 5.5 if len(ticks) <= 24 else 4.5
+        labels = [layer_labels[k] for k in ticks]
+        axes_list[-1].set_xticks(ticks, labels, rotation=90, fontsize=font)
+        axes_list[-1].set_xlabel("layer, forward order (dashed: the hidden stack)")
+
+    return _draw(paint, 130 + 150 * len(panels))

@@ -22,17 +22,19 @@ Example:
 from __future__ import annotations
 
 import errno
+import math
 import os
-import re
 import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import google_crc32c
 from tensorboard.compat.proto.event_pb2 import Event
+
+from ln_diagnostics.tags import natural_key
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 EVENT_FILE_GLOB = EVENT_FILE_PREFIX + "*"
@@ -306,10 +308,6 @@ def _walk(directory: Path, ancestors: tuple[tuple[int, int], ...], runs: list[Pa
         runs.append(directory)
 
 
-def _natural(name: str) -> list[str | int]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 def event_files(run_dir: str | os.PathLike[str]) -> list[Path]:
     """The event files directly in ``run_dir`` in creation order.
 
@@ -320,7 +318,7 @@ def event_files(run_dir: str | os.PathLike[str]) -> list[Path]:
     try:
         names = sorted(
             (name for name in os.listdir(directory) if name.startswith(EVENT_FILE_PREFIX)),
-            key=_natural,
+            key=natural_key,
         )
     except OSError as error:
         raise LogDirError(f"cannot read directory '{_text(directory)}': {_why(error)}") from None
@@ -347,9 +345,7 @@ class RunScan:
 @dataclass
 class _FileSpan:
     path: Path
-    first: int | None = None  # lowest and highest step of the file's summaries
-    last: int | None = None
-    tags: set[str] = field(default_factory=set)
+    steps: dict[str, tuple[int, int]]  # tag read -> lowest and highest step of its points
 
 
 def scan_run(
@@ -380,8 +376,8 @@ def scan_run(
     sinks: dict[str, PointSink | None] = {}
     spans = []
     for path in scan.files:
-        span = _FileSpan(path)
-        file_sinks: dict[str, PointSink | object | None] = {}
+        # tag -> None (dropped), _UNSEEN, or [sink, lowest step, highest step] in this file
+        file_sinks: dict[str, list[Any] | object | None] = {}
         records = EventFileRecords(path, allow_partial=allow_partial)
         for event in _events(records):
             values = event.summary.value
@@ -393,27 +389,32 @@ def scan_run(
                 # simple_value reads 0.0, the default every non-scalar value reads as.
                 tag = value.tag
                 try:
-                    sink = file_sinks[tag]
+                    entry = file_sinks[tag]
                 except KeyError:
-                    sink = file_sinks[tag] = sinks.get(tag, _UNSEEN)
-                if sink is None:
+                    entry = file_sinks[tag] = _entry(sinks.get(tag, _UNSEEN))
+                if entry is None:
                     continue
                 number = value.simple_value
-                if sink is _UNSEEN or number == 0.0:
+                if entry is _UNSEEN or number == 0.0:
                     if value.WhichOneof("value") != "simple_value":
                         continue
-                    if sink is _UNSEEN:
-                        sink = file_sinks[tag] = sinks[tag] = sink_for(tag)
+                    if entry is _UNSEEN:
+                        sink = sinks[tag] = sink_for(tag)
                         scan.tags[tag] = None
-                        if sink is None:
+                        entry = file_sinks[tag] = _entry(sink)
+                        if entry is None:
                             continue
-                sink(step, number)  # type: ignore[operator]
-            if span.first is None or step < span.first:
-                span.first = step
-            if span.last is None or step > span.last:
-                span.last = step
-        span.tags = {tag for tag, sink in file_sinks.items() if callable(sink)}
-        spans.append(span)
+                entry[0](step, number)  # type: ignore[index]
+                if step < entry[1]:  # type: ignore[index]
+                    entry[1] = step  # type: ignore[index]
+                if step > entry[2]:  # type: ignore[index]
+                    entry[2] = step  # type: ignore[index]
+        steps = {
+            tag: (entry[1], entry[2])
+            for tag, entry in file_sinks.items()
+            if isinstance(entry, list) and entry[1] <= entry[2]
+        }
+        spans.append(_FileSpan(path, steps))
         if records.partial_at is not None:
             scan.partial.append((path, records.partial_at))
     if not merge:
@@ -421,21 +422,33 @@ def scan_run(
     return scan
 
 
+def _entry(sink: PointSink | object | None) -> list[Any] | object | None:
+    """A file's bookkeeping for one tag: the sink and the tag's step range, empty so far."""
+    return [sink, math.inf, -math.inf] if callable(sink) else sink
+
+
 def _refuse_overlap(run_dir: Path, spans: list[_FileSpan]) -> None:
-    """Raise when two files of one directory log one tag at overlapping steps."""
+    """Raise when two files of one directory log one tag at overlapping steps.
+
+    Each tag is compared on its own steps, so a resume whose series continue each other is one
+    run whatever else the files log. A tag that both files log at one and the same single step
+    (Lightning writes its ``hp_metric`` placeholder at step 0 on every fit) is no overlap.
+    """
     for index, early in enumerate(spans):
         for late in spans[index + 1 :]:
-            if None in (early.first, early.last, late.first, late.last):
-                continue  # a file without summaries overlaps nothing
-            shared = early.tags & late.tags
-            if shared and late.first <= early.last and early.first <= late.last:  # type: ignore[operator]
+            for tag in sorted(early.steps.keys() & late.steps.keys()):
+                (a_first, a_last), (b_first, b_last) = early.steps[tag], late.steps[tag]
+                if b_first > a_last or a_first > b_last:
+                    continue
+                if a_first == a_last == b_first == b_last:
+                    continue
                 raise LogDirError(
                     f"'{_text(run_dir)}' holds event files whose steps overlap: "
-                    f"'{early.path.name}' (steps {early.first}-{early.last}) and "
-                    f"'{late.path.name}' (steps {late.first}-{late.last}) both log "
-                    f"'{min(shared)}': two runs written into one directory? Give each run its "
-                    "own directory, or pass --merge if the later file resumes the earlier one "
-                    "(they are then read as one series, in file order)"
+                    f"'{early.path.name}' (steps {a_first}-{a_last}) and "
+                    f"'{late.path.name}' (steps {b_first}-{b_last}) both log '{tag}': "
+                    "two runs written into one directory? Give each run its own directory, or "
+                    "pass --merge if the later file resumes the earlier one (they are then read "
+                    "as one series, in file order)"
                 )
 
 

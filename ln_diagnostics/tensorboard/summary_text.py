@@ -1,8 +1,9 @@
 """The run's text summary and its hyperparameters, for TensorBoard's Text and HParams tabs.
 
-The text summary (Markdown, which the Text tab renders) lists the watched layers with their type
-and parameter count, the diagnostics options and, when a ``NormSwap`` callback ran, its report.
-The options also go to the HParams tab so that runs with different settings compare side by side.
+The text summary (Markdown, which the Text tab renders) lists the diagnostics options, the report
+of a ``NormSwap`` callback when one ran, and the watched layers with their type and parameter
+count. The options that differ from their defaults also go to the HParams tab, with the model's
+own hyperparameters, so that runs compare by what they vary.
 They are written with ``torch.utils.tensorboard.summary.hparams`` through the run's own file
 writer: ``SummaryWriter.add_hparams`` would create a separate sub-run instead.
 
@@ -25,6 +26,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 __all__ = [
     "HPARAM_PREFIX",
     "LayerRow",
+    "changed_options",
     "constructor_options",
     "find_swap_report",
     "hparam_value",
@@ -135,6 +137,40 @@ def constructor_options(obj: object, *holders: object) -> dict[str, Any]:
     return found
 
 
+def changed_options(obj: object, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``options`` whose value differs from the default of ``type(obj).__init__``.
+
+    What the HParams tab shows: runs then compare by what they vary, not by a wall of defaults.
+    A value that cannot be compared with its default (a probe batch tensor) counts as changed.
+
+    Example:
+        >>> class Opts:
+        ...     def __init__(self, *, every_n_steps: int | None = None, track: bool = True): ...
+        >>> changed_options(Opts(), {"every_n_steps": 10, "track": True})
+        {'every_n_steps': 10}
+    """
+    params = inspect.signature(type(obj).__init__).parameters
+    changed = {}
+    for name, value in options.items():
+        default = params[name].default if name in params else inspect.Parameter.empty
+        if default is inspect.Parameter.empty or not _equal(value, default):
+            changed[name] = value
+    return changed
+
+
+def _equal(value: Any, default: Any) -> bool:
+    if value is default:
+        return True
+    if default is None:  # a ``None`` default may be stored as an empty tuple (no globs)
+        return isinstance(value, (tuple, list)) and not value
+    if value is None:
+        return False
+    try:
+        return bool(value == default)
+    except (TypeError, ValueError, RuntimeError):  # e.g. a tensor compared element-wise
+        return False
+
+
 def find_swap_report(callbacks: Iterable[Any]) -> Any | None:
     """The report of the first callback that swapped normalization layers, or ``None``.
 
@@ -163,8 +199,8 @@ def hparam_value(value: Any) -> bool | int | float | str:
         return value
     if value is None:
         return "None"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(hparam_value(v)) for v in value)
+    if isinstance(value, (list, tuple)):  # an empty one is how a ``None`` glob list is kept
+        return ",".join(str(hparam_value(v)) for v in value) if value else "None"
     qualname = getattr(value, "__qualname__", None)
     if isinstance(qualname, str):
         return f"{getattr(value, '__module__', '')}.{qualname}".lstrip(".")

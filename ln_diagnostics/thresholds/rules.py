@@ -11,6 +11,8 @@ A threshold file is TOML with one ``[[rule]]`` table per rule:
     over = "all"                      # all (default) | last | mean | max | min
     after_step = 0                    # only steps >= after_step count (warm-up)
     optional = false                  # a rule that matches no tag is an error unless optional
+    severity = "error"                # error (default): a failure fails the check; warn: it
+                                      # is reported as WARN and the check still passes
 
     [[rule]]
     finding = "vanishing_gradients"   # instead of tag/min/max: fail when the diagnosis finds
@@ -30,7 +32,7 @@ import fnmatch
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -43,16 +45,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 Over = Literal["all", "last", "mean", "max", "min"]
 OVER_CHOICES: tuple[str, ...] = ("all", "last", "mean", "max", "min")
-RULE_KEYS: tuple[str, ...] = (
-    "name",
-    "tag",
-    "min",
-    "max",
-    "over",
-    "after_step",
-    "optional",
-    "finding",
-)
+Severity = Literal["error", "warn"]
+SEVERITY_CHOICES: tuple[str, ...] = ("error", "warn")
 #: Keys a ``finding`` rule cannot have (it has no bounds and reduces no series).
 _SERIES_KEYS: tuple[str, ...] = ("tag", "min", "max", "over")
 MAX_RULE_FILE_BYTES = 16 << 20  # ~300k rules: room for generated files, not for /dev/zero
@@ -80,6 +74,8 @@ class Rule:
             ``"last"``/``"mean"``/``"max"``/``"min"`` check one aggregate value.
         after_step: points logged at a step below this are ignored.
         optional: when ``False`` a rule that matches no tag is an error.
+        severity: ``"error"`` (a failure fails the check or the training run) or ``"warn"``
+            (a failure is reported as a warning and passes).
         name: an optional label; :attr:`label` falls back to the tag pattern.
         finding: for a finding rule, a glob over the diagnosis's finding kinds (then ``tag``
             is empty and there are no bounds): the rule fails when a matching finding holds at
@@ -98,6 +94,7 @@ class Rule:
     optional: bool = False
     name: str = ""
     finding: str = ""
+    severity: Severity = "error"
 
     @property
     def label(self) -> str:
@@ -118,10 +115,13 @@ class Rule:
 
     @cached_property
     def key(self) -> str:
-        """A stable identity used in callback state (label plus every setting)."""
+        """A stable identity used in callback state (label plus every setting; the default
+        severity is left out, so the keys of older checkpoints still match)."""
         return (
             f"{self.label}|{self.tag}|{self.over}|{self.min}|{self.max}|"
-            f"{self.after_step}|{self.optional}" + (f"|{self.finding}" if self.finding else "")
+            f"{self.after_step}|{self.optional}"
+            + ("" if self.severity == "error" else f"|{self.severity}")
+            + (f"|{self.finding}" if self.finding else "")
         )
 
 
@@ -133,12 +133,64 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+@dataclass(frozen=True)
+class _Key:
+    """How one rule key is validated: the default, what is expected, and a test of a value."""
+
+    default: Any
+    expected: str
+    valid: Callable[[Any], bool]
+    convert: Callable[[Any], Any] = lambda value: value
+    choices: tuple[str, ...] = ()
+
+
+def _choice(default: str, choices: tuple[str, ...]) -> _Key:
+    return _Key(default, f"one of {', '.join(choices)}", lambda v: v in choices, choices=choices)
+
+
+def _number() -> _Key:
+    return _Key(None, "a number", lambda v: _is_number(v) and not math.isnan(v), convert=float)
+
+
+_REQUIRED = object()
+# One entry per key of a [[rule]] table, in the order messages list them; a new key is one
+# entry here and one field of ``Rule``.
+_KEYS: dict[str, _Key] = {
+    "name": _Key("", "a string", lambda v: isinstance(v, str)),
+    "tag": _Key(
+        _REQUIRED,
+        "a non-empty string glob such as 'gradients/norm/*'",
+        lambda v: isinstance(v, str) and bool(v.strip()),
+    ),
+    "min": _number(),
+    "max": _number(),
+    "over": _choice("all", OVER_CHOICES),
+    "after_step": _Key(
+        0,
+        "a non-negative integer",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    ),
+    "optional": _Key(False, "true or false", lambda v: isinstance(v, bool)),
+    "severity": _choice("error", SEVERITY_CHOICES),
+}
+RULE_KEYS: tuple[str, ...] = (*_KEYS, "finding")  # a finding rule: see _parse_finding
+
+
+def _value(raw: Mapping[str, Any], key: str, where: str) -> Any:
+    spec = _KEYS[key]
+    if key not in raw or (raw[key] is None and spec.default is None):
+        return spec.default
+    value = raw[key]
+    if not spec.valid(value):
+        got = repr(value) if spec.choices else f"{_type_name(value)} {value!r}"
+        raise RuleError(f"{where}: key {key!r} must be {spec.expected}; got {got}")
+    return spec.convert(value)
+
+
 def _parse_one(raw: Any, where: str) -> Rule:
     if not isinstance(raw, Mapping):
         raise RuleError(f"{where}: expected a table of rule keys; got {_type_name(raw)} {raw!r}")
-    name = raw.get("name", "")
-    if not isinstance(name, str):
-        raise RuleError(f"{where}: key 'name' must be a string; got {_type_name(name)} {name!r}")
+    name = _value(raw, "name", where)
     if name:
         where = f"{where} ({name!r})"
     unknown = [key for key in raw if key not in RULE_KEYS]
@@ -151,51 +203,13 @@ def _parse_one(raw: Any, where: str) -> Rule:
         return _parse_finding(raw, where, name)
     if "tag" not in raw:
         raise RuleError(f"{where}: missing required key 'tag' (a glob such as 'gradients/norm/*')")
-    pattern = raw["tag"]
-    if not isinstance(pattern, str) or not pattern.strip():
-        raise RuleError(
-            f"{where}: key 'tag' must be a non-empty string glob such as 'gradients/norm/*'; "
-            f"got {_type_name(pattern)} {pattern!r}"
-        )
-    bounds: dict[str, float | None] = {}
-    for key in ("min", "max"):
-        value = raw.get(key)
-        if value is not None and (not _is_number(value) or math.isnan(value)):
-            raise RuleError(
-                f"{where}: key {key!r} must be a number; got {_type_name(value)} {value!r}"
-            )
-        bounds[key] = None if value is None else float(value)
-    low, high = bounds["min"], bounds["max"]
+    values = {key: _value(raw, key, where) for key in _KEYS}
+    low, high = values["min"], values["max"]
     if low is None and high is None:
         raise RuleError(f"{where}: expected at least one of 'min' or 'max'; got neither")
     if low is not None and high is not None and low > high:
         raise RuleError(f"{where}: 'min' must not exceed 'max'; got min = {low:g} > max = {high:g}")
-    over = raw.get("over", "all")
-    if over not in OVER_CHOICES:
-        raise RuleError(
-            f"{where}: key 'over' must be one of {', '.join(OVER_CHOICES)}; got {over!r}"
-        )
-    after_step = raw.get("after_step", 0)
-    if not isinstance(after_step, int) or isinstance(after_step, bool) or after_step < 0:
-        raise RuleError(
-            f"{where}: key 'after_step' must be a non-negative integer; "
-            f"got {_type_name(after_step)} {after_step!r}"
-        )
-    optional = raw.get("optional", False)
-    if not isinstance(optional, bool):
-        raise RuleError(
-            f"{where}: key 'optional' must be true or false; "
-            f"got {_type_name(optional)} {optional!r}"
-        )
-    return Rule(
-        tag=pattern,
-        min=low,
-        max=high,
-        over=over,
-        after_step=after_step,
-        optional=optional,
-        name=name,
-    )
+    return Rule(**values)
 
 
 def _parse_finding(raw: Mapping[str, Any], where: str, name: str) -> Rule:
@@ -214,9 +228,15 @@ def _parse_finding(raw: Mapping[str, Any], where: str, name: str) -> Rule:
             "when the diagnosis finds that kind (keep 'name', 'after_step', 'optional')"
         )
     # after_step and optional are checked as for any rule
-    rest = {k: v for k, v in raw.items() if k in ("after_step", "optional")}
+    rest = {k: v for k, v in raw.items() if k in ("after_step", "optional", "severity")}
     rule = _parse_one({**rest, "tag": "*", "max": 0.0}, where)
-    return Rule(finding=pattern, after_step=rule.after_step, optional=rule.optional, name=name)
+    return Rule(
+        finding=pattern,
+        after_step=rule.after_step,
+        optional=rule.optional,
+        severity=rule.severity,
+        name=name,
+    )
 
 
 def parse_rules(

@@ -245,3 +245,51 @@ def test_attributes_a_training_step_sets_are_put_back_in_place():
     assert model.count is count and count.tolist() == [0.0, 0.0]
     assert model.hidden is None and not hasattr(model, "added")
     assert model.untouched is untouched and untouched._version == version  # not rewritten
+
+
+class ValidatedFirst(NoForward):
+    """Keeps a tensor attribute that ``validation_step`` sets under inference mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.best_val = torch.tensor(float("inf"))
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.best_val = torch.minimum(self.best_val, nn.functional.mse_loss(self.net(x), y))
+
+    val_dataloader = NoForward.train_dataloader
+
+
+def test_an_inference_tensor_attribute_from_validate_before_fit_is_preserved(make_trainer):
+    seed_everything(3)
+    model = ValidatedFirst()
+    make_trainer([], max_steps=1).validate(model, verbose=False)
+    assert model.best_val.is_inference()
+    diag = LayerDiagnostics()
+    trainer = make_trainer([diag], max_steps=STEPS, log_every_n_steps=2, limit_val_batches=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    assert [str(w.message) for w in caught if "ln-diagnostics" in str(w.message)] == []
+    assert "shift/mean_init/net.0" in diag.last_logged.scalars
+
+
+def test_attribute_bookkeeping_failures_are_reported_as_ours():
+    from ln_diagnostics.collect.probing import AttributeStateError, preserved_attributes
+
+    model = NoForward()
+    with torch.inference_mode():
+        model.kept = torch.zeros(2)
+    with torch.inference_mode(), preserved_attributes(model):
+        model.kept.add_(1.0)  # changed in place: written back without a version counter
+    assert model.kept.tolist() == [0.0, 0.0]
+
+    class Unclonable(torch.Tensor):
+        def clone(self, *args, **kwargs):
+            raise OSError("cannot copy")
+
+    model.odd = torch.zeros(1).as_subclass(Unclonable)
+    with pytest.raises(AttributeStateError, match=r"could not save attribute NoForward\.odd"):
+        with preserved_attributes(model):
+            pass

@@ -251,4 +251,6 @@ def test_end_to_end_with_layer_diagnostics_and_cli(tmp_path, capsys):
     assert fail and fail[0][:5] == ["no", "exploding", "gradients", "version_0", caught.value.tag]
     assert int(fail[0][6]) <= violation_step
     assert main(["summary", str(logdir)]) == 0
+    assert "GRAD_NORM" in capsys.readouterr().out
+    assert main(["summary", str(logdir), "--wide"]) == 0
     assert "gradients/norm" in capsys.readouterr().out

@@ -134,7 +134,7 @@ def test_backprop_norm_is_the_norm_of_the_gradient_wrt_the_module_output():
     collector = Collector(model, select_modules(model))
     collector.attach()
     outputs = {}
-    for i in (0, 6):
+    for i in (0, 1, 6, 7):
         model[i].register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out))
     collector.begin_step(0, scalars=True, histograms=False)
     x = torch.randn(16, 8)
@@ -147,8 +147,9 @@ def test_backprop_norm_is_the_norm_of_the_gradient_wrt_the_module_output():
     s = collector.end_step().scalars
     assert s["backprop/norm/0"] == pytest.approx(g0.double().norm().item(), rel=1e-5)
     assert s["backprop/norm/6"] == pytest.approx(g6.double().norm().item(), rel=1e-5)
-    first, last = s["backprop/norm/0"], s["backprop/norm/8"]
-    assert s["health/backprop_depth_log10"] == pytest.approx(math.log10(first / last))
+    # depth over the hidden stack: between the input projection (0) and the head (8)
+    first, last = outputs[1].grad.double().norm(), outputs[7].grad.double().norm()
+    assert s["health/backprop_depth_log10"] == pytest.approx(math.log10(first / last), rel=1e-5)
 
 
 class Shared(nn.Module):

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ln_diagnostics.tensorboard.reader import read_scalars
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,3 +39,7 @@ def test_demo_runs_and_reports_vanishing_gradients_without_normalization(tmp_pat
     assert depth["no_norm"] < -2.0
     assert abs(depth["layernorm"]) < 1.0
     assert float(rows["no_norm"][5]) == round(depth["no_norm"], 2)
+    # the last column, first / last backprop norm of the hidden stack read from the per-layer
+    # tags, is the same depth computed another way
+    for name, depth_log10 in depth.items():
+        assert float(rows[name][7]) == pytest.approx(10**depth_log10, rel=5e-3)

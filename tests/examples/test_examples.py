@@ -148,7 +148,7 @@ def test_cli_train_with_a_preset(tmp_path):
     assert float(row[1]) == pytest.approx(tags["health/grad_norm_total"][0][1], rel=1e-3)
 
 
-def check(logdir: Path) -> subprocess.CompletedProcess[str]:
+def check(logdir: Path, thresholds: Path = EXAMPLES / "thresholds.toml", *extra: str):
     return subprocess.run(
         [
             sys.executable,
@@ -157,7 +157,8 @@ def check(logdir: Path) -> subprocess.CompletedProcess[str]:
             "check",
             str(logdir),
             "--thresholds",
-            str(EXAMPLES / "thresholds.toml"),
+            str(thresholds),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -175,3 +176,21 @@ def test_ci_gate_passes_a_healthy_run_and_fails_a_huge_learning_rate(tmp_path):
     failed = check(broken)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "no NaN or inf activations" in failed.stdout and "FAIL" in failed.stdout
+
+    # the same two runs against a threshold file written from the healthy one
+    generated = tmp_path / "generated.toml"
+    made = subprocess.run(
+        [sys.executable, "-m", "ln_diagnostics", "baseline", str(healthy), "--out", str(generated)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    ok = check(healthy, generated)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert " 0 failed" in ok.stdout.splitlines()[-1]
+    failed = check(broken, generated, "--failures-only")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    rows = [line.split() for line in failed.stdout.splitlines()[1:-1]]
+    assert rows and all(row[-1] == "FAIL" for row in rows)
+    assert any("health/nonfinite_activations" in row for row in rows)

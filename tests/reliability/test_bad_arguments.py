@@ -67,12 +67,12 @@ CASES = [
     (NormSwap, "copy_affine", 0, TypeError, "copy_affine must be a bool; got int 0"),
     (DiagnosticThresholds, "rules", RULE, ValueError,
      THR + "expected a list of rules (tables with keys name, tag, min, max, over, after_step, "
-     "optional, finding); got dict"),
+     "optional, severity, finding); got dict"),
     (DiagnosticThresholds, "rules", [{"max": 1}], ValueError,
      THR + "rule 1: missing required key 'tag' (a glob such as 'gradients/norm/*')"),
     (DiagnosticThresholds, "rules", [{**RULE, "maxx": 2}], ValueError,
      THR + "rule 1: unknown key 'maxx'; valid keys: name, tag, min, max, over, after_step, "
-     "optional, finding"),
+     "optional, severity, finding"),
     (DiagnosticThresholds, "rules", [{**RULE, "max": "1"}], ValueError,
      THR + "rule 1: key 'max' must be a number; got str '1'"),
     (DiagnosticThresholds, "rules", [{**RULE, "min": 2}], ValueError,
@@ -81,6 +81,8 @@ CASES = [
      THR + "rule 1: key 'after_step' must be a non-negative integer; got int -1"),
     (DiagnosticThresholds, "rules", [{**RULE, "optional": "no"}], ValueError,
      THR + "rule 1: key 'optional' must be true or false; got str 'no'"),
+    (DiagnosticThresholds, "rules", [{**RULE, "severity": "fatal"}], ValueError,
+     THR + "rule 1: key 'severity' must be one of error, warn; got 'fatal'"),
     (DiagnosticThresholds, "on_violation", None, ValueError,
      "DiagnosticThresholds: on_violation must be one of 'raise', 'stop', 'warn'; got None"),
     (attach, "model", 42, TypeError, "model must be a torch.nn.Module; got int"),

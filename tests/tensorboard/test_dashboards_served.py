@@ -2,10 +2,6 @@
 (loopback only) and by TensorBoard's EventAccumulator."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -22,11 +18,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ln_diagnostics.callbacks import LayerDiagnostics, NormSwap
 from ln_diagnostics.tags import (
+    DEPTH_PROFILE,
     HEATMAP_ACTIVATION_STD,
     HEATMAP_BACKPROP,
     SUMMARY_TEXT_TAG,
     heatmap_tag,
+    log10_regex,
 )
+from ln_diagnostics.tags import STACK_ROLES as ROLES
+from ln_diagnostics.tensorboard.layout import DEPTH_TITLE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = 5
@@ -84,12 +84,6 @@ def accumulator(run_dir):
     return acc
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(base, path, data=None):
     request = urllib.request.Request(base + path, data=data)
     if data is not None:
@@ -99,64 +93,37 @@ def get(base, path, data=None):
 
 
 @pytest.fixture(scope="module")
-def server(run_dir):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorboard.main",
-            "--logdir",
-            str(run_dir.parent),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--load_fast=false",
-            "--reload_interval=1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                runs = json.loads(get(base, "/data/runs"))
-                if runs and json.loads(get(base, "/data/plugin/scalars/tags")):
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"tensorboard exited: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("tensorboard did not serve the run within 30 s")
-            time.sleep(0.3)
-        yield base, runs[0]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def server(run_dir, serve_tensorboard):
+    with serve_tensorboard(run_dir.parent, 1) as base:
+        yield base, json.loads(get(base, "/data/runs"))[0]
 
 
 def test_custom_scalars_layout_is_served(server):
-    base, _ = server
+    base, run = server
     layout = json.loads(get(base, "/data/plugin/custom_scalars/layout"))
     titles = [c["title"] for c in layout["category"]]
-    assert titles[0] == "Health"
-    assert titles[1:] == ["activations", "gradients", "backprop", "parameters", "updates", "shift"]
+    assert titles == [
+        "Health",
+        DEPTH_TITLE,
+        "Shift",
+        *(f"All layers: {g}" for g in ("activations", "gradients", "backprop", "parameters")),
+        *(f"All layers: {g}" for g in ("updates", "shift")),
+    ]
+    assert [c.get("closed", False) for c in layout["category"]] == [False] * 3 + [True] * 6
     charts = {c["title"]: c for cat in layout["category"] for c in cat["chart"]}
     assert charts["activations/std"]["multiline"]["tag"] == ["^activations/std/.+$"]
-    assert charts["health/grad_norm_total"]["multiline"]["tag"] == ["^health/grad_norm_total$"]
-    # The regex picks every layer's line when the dashboard asks for it.
-    query = urllib.parse.urlencode({"run": server[1], "tag": "^activations/std/.+$"})
-    series = json.loads(get(base, f"/data/plugin/custom_scalars/scalars?{query}"))
-    assert series["regex_valid"]
-    assert {"activations/std/net.0", "activations/std/net.5"} <= set(series["tag_to_events"])
+    # The regexes pick the lines when the dashboard asks for them: every layer in a per-layer
+    # chart, four roles in a log10 chart.
+    for regex, expected in (
+        ("^activations/std/.+$", {"activations/std/net.0", "activations/std/net.5"}),
+        (log10_regex("backprop_norm", roles=True), {f"log10/backprop_norm/{r}" for r in ROLES}),
+    ):
+        query = urllib.parse.urlencode({"run": run, "tag": regex})
+        series = json.loads(get(base, f"/data/plugin/custom_scalars/scalars?{query}"))
+        assert series["regex_valid"]
+        assert expected <= set(series["tag_to_events"])
+        if regex.startswith("^log10"):
+            assert set(series["tag_to_events"]) == expected
 
 
 def test_scalar_and_histogram_tags_are_served(server):
@@ -170,15 +137,17 @@ def test_scalar_and_histogram_tags_are_served(server):
 def test_heatmap_images_are_served_as_png(server):
     base, run = server
     images = json.loads(get(base, "/data/plugin/images/tags"))[run]
-    backprop, std = heatmap_tag(HEATMAP_BACKPROP), heatmap_tag(HEATMAP_ACTIVATION_STD)
-    assert {backprop, std} <= set(images)
-    query = urllib.parse.urlencode({"run": run, "tag": backprop, "sample": 0})
-    entries = json.loads(get(base, f"/data/plugin/images/images?{query}"))
-    assert [e["step"] for e in entries] == [0, 2, 4]
-    png = get(base, f"/data/plugin/images/individualImage?{entries[-1]['query']}")
-    assert png.startswith(PNG_MAGIC)
-    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert width > 200 and height > 100
+    names = [heatmap_tag(n) for n in (HEATMAP_BACKPROP, HEATMAP_ACTIVATION_STD, DEPTH_PROFILE)]
+    assert set(names) <= set(images)
+    for tag in names:
+        query = urllib.parse.urlencode({"run": run, "tag": tag, "sample": 0})
+        entries = json.loads(get(base, f"/data/plugin/images/images?{query}"))
+        # the histogram interval (2) and the last logging step (4) again at fit end: not twice
+        assert [e["step"] for e in entries] == [0, 2, 4]
+        png = get(base, f"/data/plugin/images/individualImage?{entries[-1]['query']}")
+        assert png.startswith(PNG_MAGIC)
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert width == 360 and height > 150
 
 
 def test_hparams_are_served_for_the_same_run(server):
@@ -186,9 +155,15 @@ def test_hparams_are_served_for_the_same_run(server):
     body = json.dumps({"experimentName": ""}).encode()
     experiment = json.loads(get(base, "/data/plugin/hparams/experiment", data=body))
     names = {h["name"] for h in experiment["hparamInfos"]}
-    assert {"lr", "width", "ln_diagnostics/every_n_steps", "ln_diagnostics/track_updates"} <= names
-    metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
-    assert "health/grad_norm_total" in metrics
+    # the module's own, and only the options given a value other than their default
+    assert names == {
+        "lr",
+        "width",
+        "ln_diagnostics/every_n_steps",
+        "ln_diagnostics/histogram_every_n_steps",
+    }
+    metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
+    assert metrics[:2] == ["health/backprop_depth_log10_step0", "health/grad_norm_total"]
 
 
 def test_hparams_land_in_the_run_directory_not_a_sub_run(run_dir, accumulator):
@@ -200,6 +175,7 @@ def test_hparams_land_in_the_run_directory_not_a_sub_run(run_dir, accumulator):
     assert hparams["ln_diagnostics/every_n_steps"].number_value == 1
     assert hparams["ln_diagnostics/histogram_every_n_steps"].number_value == 2
     assert hparams["lr"].number_value == pytest.approx(0.05)  # the module's own, kept
+    assert "ln_diagnostics/track_updates" not in hparams  # left at its default
 
 
 def test_layout_lists_every_statistic_once(accumulator):

@@ -1,121 +1,91 @@
-"""The heat-map renderer: geometry, colours at known pixels, glyphs, NaN cells."""
+"""The matplotlib pictures: fixed colour scales (same value, same colour in any run), log colour
+scale, grey for missing values, argument checks, and no matplotlib import before the first one."""
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from matplotlib import colormaps
+from matplotlib.colors import LogNorm, Normalize, to_rgb
 
 from ln_diagnostics.tensorboard.heatmap import (
-    INK,
+    ACTIVATION_STD_SCALE,
+    BACKPROP_SCALE,
     NAN_COLOR,
-    VIRIDIS,
-    colorize,
-    draw_text,
+    WIDTH_PX,
+    ProfilePanel,
     render_heatmap,
-    text_width,
-    truncate_left,
+    render_profiles,
 )
 
 
-def pixel(image, y, x):
-    return tuple(int(v) for v in image[y, x])
+def expected_rgb(scale, value):
+    norm = LogNorm(scale.vmin, scale.vmax) if scale.log else Normalize(scale.vmin, scale.vmax)
+    return tuple(round(255 * c) for c in colormaps[scale.cmap](norm(value))[:3])
 
 
-def cell_centres(image, n_rows, n_cols):
-    """Centres of the heat cells, found from the image itself (the viridis-coloured block)."""
-    viridis = {tuple(c) for c in VIRIDIS} | {NAN_COLOR}
-    mask = np.zeros(image.shape[:2], dtype=bool)
-    for colour in viridis:
-        mask |= (image == colour).all(axis=2)
-    # The heat block is the widest coloured run; the colour bar is a narrow one to its right.
-    rows = np.flatnonzero(mask.any(axis=1))
-    y0, y1 = rows[0], rows[-1] + 1
-    cols = np.flatnonzero(mask[(y0 + y1) // 2])
-    breaks = np.flatnonzero(np.diff(cols) > 1)
-    x0, x1 = cols[0], cols[breaks[0]] + 1 if breaks.size else cols[-1] + 1
-    ch, cw = (y1 - y0) / n_rows, (x1 - x0) / n_cols
-    return lambda r, c: (int(y0 + (r + 0.5) * ch), int(x0 + (c + 0.5) * cw))
+def area(image, rgb):
+    """Pixels inside a 3×3 block of this colour (so not the anti-aliased edges of text), allowing
+    for the 8-bit rounding of the colour map."""
+    match = (np.abs(image.astype(int) - np.array(rgb)) <= 1).all(axis=2)
+    inner = match[1:-1, 1:-1].copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            inner &= match[1 + dy : match.shape[0] - 1 + dy, 1 + dx : match.shape[1] - 1 + dx]
+    return int(inner.sum())
 
 
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        (0.0, VIRIDIS[0]),
-        (1.0, VIRIDIS[-1]),
-        (-5.0, VIRIDIS[0]),  # clipped
-        (7.0, VIRIDIS[-1]),
-        (1 / 15, VIRIDIS[1]),
-        (0.5 / 15, tuple(round((a + b) / 2) for a, b in zip(VIRIDIS[0], VIRIDIS[1], strict=True))),
-        (float("nan"), NAN_COLOR),
-        (float("inf"), NAN_COLOR),
-    ],
-)
-def test_colorize_known_values(values, expected):
-    out = colorize(np.array([[values]]), 0.0, 1.0)
-    assert tuple(int(v) for v in out[0, 0]) == expected
-
-
-def test_colorize_constant_range_uses_middle_colour():
-    out = colorize(np.array([[3.0, 3.0]]), 3.0, 3.0)
-    assert (out[0, 0] == out[0, 1]).all()
-    assert tuple(out[0, 0]) not in (VIRIDIS[0], VIRIDIS[-1])
-
-
-def test_known_matrix_maps_to_known_colours_at_known_pixels():
-    matrix = np.array([[0.0, 1.0, 0.5], [1.0, np.nan, 0.0]])
-    image = render_heatmap(matrix, row_labels=["net.0", "net.2"], steps=[0, 10, 20], title="t")
-    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-    at = cell_centres(image, 2, 3)
-    assert pixel(image, *at(0, 0)) == VIRIDIS[0]
-    assert pixel(image, *at(0, 1)) == VIRIDIS[-1]
-    assert pixel(image, *at(1, 0)) == VIRIDIS[-1]
-    assert pixel(image, *at(1, 1)) == NAN_COLOR
-    assert pixel(image, *at(1, 2)) == VIRIDIS[0]
-    middle = tuple(int(v) for v in colorize(np.array([[0.5]]), 0.0, 1.0)[0, 0])
-    assert pixel(image, *at(0, 2)) == middle
-
-
-@pytest.mark.parametrize(("n_rows", "n_cols"), [(1, 1), (3, 7), (12, 200), (300, 50)])
-def test_image_shape_grows_with_the_matrix(n_rows, n_cols):
-    matrix = np.random.default_rng(0).normal(size=(n_rows, n_cols))
-    labels = [f"encoder.layers.{i}.linear1" for i in range(n_rows)]
-    image = render_heatmap(matrix, row_labels=labels, steps=range(0, 10 * n_cols, 10), title="x")
-    height, width, channels = image.shape
-    assert channels == 3
-    assert 100 < height < 1100 and 200 < width < 1500
-
-
-def test_layer_names_and_title_are_drawn_in_ink():
-    image = render_heatmap(np.zeros((2, 2)), row_labels=["a", "b"], steps=[0, 1], title="T")
-    ink = (image == INK).all(axis=2)
-    assert ink.sum() > 50  # title, labels, axis and colour-bar numbers
-    assert ink[:, :30].any()  # row labels at the left
-
-
-def test_glyph_pixels():
-    canvas = np.full((14, 40, 3), 255, dtype=np.uint8)
-    draw_text(canvas, "1", 0, 0, scale=2)
-    ink = (canvas == INK).all(axis=2)
-    # "1": the stem is column 2 of the 5×7 glyph, all seven rows; at scale 2, columns 4-5.
-    assert ink[:, 4:6].all()
-    assert not ink[:, 0].any()
-    assert text_width("ab", scale=2) == 22
-    # Unknown characters are drawn (as "?"), clipping at the border does not raise.
-    draw_text(canvas, "é€", 35, 10, scale=2)
-
-
-def test_nan_cells_have_a_legend_only_when_present():
-    full = render_heatmap(np.ones((2, 2)), row_labels=["a", "b"], steps=[0, 1])
-    holes = render_heatmap(
-        np.array([[1.0, np.nan], [1.0, 1.0]]), row_labels=["a", "b"], steps=[0, 1]
+def render(matrix, scale=BACKPROP_SCALE):
+    rows = [f"net.{k} Tanh" for k in range(len(matrix))]
+    return render_heatmap(
+        matrix, row_labels=rows, steps=range(0, 10 * len(matrix[0]), 10), scale=scale
     )
-    n_grey = lambda img: int((img == NAN_COLOR).all(axis=2).sum())  # noqa: E731
-    assert n_grey(full) == 0
-    assert n_grey(holes) > 0
 
 
-def test_truncate_left_keeps_the_distinguishing_end():
-    assert truncate_left("short", 10) == "short"
-    assert truncate_left("model.encoder.layers.11.linear2", 16) == "..ers.11.linear2"
-    assert len(truncate_left("x" * 100, 28)) == 28
+def test_the_same_value_has_the_same_colour_whatever_else_the_run_holds():
+    # one run spans four decades, the other half a decade: a per-image range would give -0.5 two
+    # different colours
+    wide = render([[-4.0, -0.5], [-2.0, 0.0]])
+    narrow = render([[-0.5, -0.5], [0.0, 0.0]])
+    for value in (-0.5, 0.0):
+        colour = expected_rgb(BACKPROP_SCALE, value)
+        assert area(wide, colour) > 400 and area(narrow, colour) > 400
+    assert area(narrow, expected_rgb(BACKPROP_SCALE, -4.0)) == 0
+
+
+def test_values_beyond_the_fixed_range_take_the_end_colours():
+    image = render([[-9.0, 9.0]])
+    assert area(image, expected_rgb(BACKPROP_SCALE, BACKPROP_SCALE.vmin)) > 400
+    assert area(image, expected_rgb(BACKPROP_SCALE, BACKPROP_SCALE.vmax)) > 400
+
+
+def test_activation_std_is_coloured_on_a_log_scale():
+    image = render([[1e-2, 1.0]], scale=ACTIVATION_STD_SCALE)
+    # on a log scale from 1e-3 to 10, 1e-2 sits a quarter of the way up, 1 three quarters
+    cmap = colormaps[ACTIVATION_STD_SCALE.cmap]
+    for value, position in ((1e-2, 0.25), (1.0, 0.75)):
+        assert expected_rgb(ACTIVATION_STD_SCALE, value) == tuple(
+            round(255 * c) for c in cmap(position)[:3]
+        )
+        assert area(image, expected_rgb(ACTIVATION_STD_SCALE, value)) > 400
+
+
+def test_cells_without_a_value_are_grey_only_when_present():
+    grey = tuple(round(255 * c) for c in to_rgb(NAN_COLOR))
+    assert area(render([[0.0, 1.0]]), grey) == 0
+    assert area(render([[0.0, np.nan]]), grey) > 400
+    # a log scale has no place for zero or negative values: grey, not the lowest colour
+    assert area(render([[0.0, 1.0]], scale=ACTIVATION_STD_SCALE), grey) > 400
+
+
+def test_pictures_fit_an_images_tab_card():
+    many = render(np.zeros((48, 150)))
+    assert many.shape[1] == WIDTH_PX and many.dtype == np.uint8
+    assert many.shape[0] > render(np.zeros((4, 150))).shape[0]  # rows keep a legible height
+    panel = ProfilePanel("log10 x", [("step 0", [-9.0, -1.0, 0.0])], (-3.0, 1.0), -1.0)
+    profile = render_profiles([panel, panel], layer_labels=["a", "b", "c"])
+    assert profile.shape[1] == WIDTH_PX and profile.shape[2] == 3
 
 
 @pytest.mark.parametrize(
@@ -127,7 +97,26 @@ def test_truncate_left_keeps_the_distinguishing_end():
 )
 def test_bad_shapes_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        render_heatmap(**kwargs)
+        render_heatmap(**kwargs, scale=BACKPROP_SCALE)
+
+
+def test_profile_lines_must_have_one_value_per_layer():
+    panel = ProfilePanel("log10 x", [("step 0", [1.0, 2.0])], (-3.0, 1.0))
+    with pytest.raises(ValueError, match="panel 'log10 x', line 'step 0': 2 values for 3 layers"):
+        render_profiles([panel], layer_labels=["a", "b", "c"])
+
+
+def test_matplotlib_is_imported_on_the_first_drawing_only():
+    code = (
+        "import sys\n"
+        "from ln_diagnostics.tensorboard import dashboard, heatmap\n"
+        "before = 'matplotlib' in sys.modules\n"
+        "scale = heatmap.BACKPROP_SCALE\n"
+        "heatmap.render_heatmap([[0.0]], row_labels=['a'], steps=[0], scale=scale)\n"
+        "print(before, 'matplotlib.pyplot' in sys.modules, 'matplotlib' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True"]  # and never pyplot (a GUI backend)
 
 
 def test_image_summary_is_a_lossless_png_of_the_array():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
@@ -137,17 +138,24 @@ def test_rules_of_one_tag_with_different_windows_share_nothing():
     ]
 
 
-def test_many_exact_rules_are_matched_in_linear_time():
-    import time
-
-    rules = [Rule(tag=f"activations/std/net.{i}", max=1.0) for i in range(16000)]
-    start = time.perf_counter()
+def _cpu_seconds_to_match(n: int) -> float:
+    rules = [Rule(tag=f"activations/std/net.{i}", max=1.0) for i in range(n)]
+    start = time.process_time()
     run = RunEvaluator(RuleIndex(rules))
-    for i in range(16000):
+    for i in range(n):
         run.sink(f"activations/std/net.{i}")(0, 0.5)
     evaluation = run.evaluation()
-    assert len(evaluation.results) == 16000 and evaluation.passed
-    assert time.perf_counter() - start < 5.0
+    seconds = time.process_time() - start
+    assert len(evaluation.results) == n and evaluation.passed
+    return seconds
+
+
+def test_many_exact_rules_are_matched_in_linear_time():
+    # CPU time (not wall time: a shared machine's load does not count), and the scaling from n to
+    # 4n rules: linear is about 4x, quadratic 16x; the best of three damps the noise.
+    small = min(_cpu_seconds_to_match(2000) for _ in range(3))
+    large = min(_cpu_seconds_to_match(8000) for _ in range(3))
+    assert large < 8.0 * max(small, 1e-3)
 
 
 def test_fold_without_points_and_unwatched_bounds():

@@ -24,18 +24,12 @@ from ln_diagnostics.tensorboard.reader import (
 )
 
 
-def _write(directory, scalars):
-    writer = SummaryWriter(str(directory))
-    for tag, points in scalars.items():
-        for step, value in points:
-            writer.add_scalar(tag, value, step)
-    writer.close()
-
-
-def test_reads_every_point_of_every_run(tmp_path):
+def test_reads_every_point_of_every_run(tmp_path, write_run):
     many = [(step, float(step)) for step in range(1500)]  # more than the default reservoir
-    _write(tmp_path / "a" / "version_0", {"gradients/norm/fc": many, "health/x": [(3, math.nan)]})
-    _write(tmp_path / "b", {"health/x": [(0, 1.0)]})
+    write_run(
+        tmp_path / "a" / "version_0", {"gradients/norm/fc": many, "health/x": [(3, math.nan)]}
+    )
+    write_run(tmp_path / "b", {"health/x": [(0, 1.0)]})
     (tmp_path / "empty").mkdir()
     runs = read_scalars(tmp_path)
     assert list(runs) == ["a/version_0", "b"]
@@ -57,8 +51,8 @@ def test_bad_log_directories(tmp_path):
         read_scalars(tmp_path)
 
 
-def test_corrupt_event_file_is_named(tmp_path):
-    _write(tmp_path / "good", {"health/x": [(0, 1.0)]})
+def test_corrupt_event_file_is_named(tmp_path, write_run):
+    write_run(tmp_path / "good", {"health/x": [(0, 1.0)]})
     bad = tmp_path / "bad" / "events.out.tfevents.xxx"
     bad.parent.mkdir()
     bad.write_bytes(b"definitely not a tfrecord \x00\x01\x02" * 8)
@@ -106,11 +100,11 @@ def _records_of(path: Path) -> list[tuple[int, int]]:
     return found
 
 
-def test_records_round_trip_through_tensorboards_own_loader(tmp_path):
+def test_records_round_trip_through_tensorboards_own_loader(tmp_path, write_run):
     """``frame`` writes what TensorBoard reads; ``iter_events`` reads what TensorBoard writes."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 
-    _write(tmp_path / "tb", {"health/x": [(s, s / 3) for s in range(50)]})
+    write_run(tmp_path / "tb", {"health/x": [(s, s / 3) for s in range(50)]})
     (written,) = (tmp_path / "tb").glob("events.*")
     ours = [event.SerializeToString() for event in iter_events(written)]
     assert ours == list(RawEventFileLoader(str(written)).Load())
@@ -124,8 +118,8 @@ def test_records_round_trip_through_tensorboards_own_loader(tmp_path):
     }
 
 
-def test_every_record_is_checked_and_offsets_are_exact(tmp_path):
-    _write(tmp_path, {"health/x": [(s, 1.0) for s in range(30)]})
+def test_every_record_is_checked_and_offsets_are_exact(tmp_path, write_run):
+    write_run(tmp_path, {"health/x": [(s, 1.0) for s in range(30)]})
     (path,) = tmp_path.glob("events.*")
     records = _records_of(path)
     clean = path.read_bytes()
@@ -155,8 +149,8 @@ def test_a_foreign_record_that_passes_its_crc_is_not_an_event(tmp_path):
         list(iter_events(path))
 
 
-def test_scan_run_streams_only_the_wanted_tags(tmp_path):
-    _write(tmp_path, {"a/x": [(0, 1.0), (1, 2.0)], "b/y": [(0, 5.0)], "a/z": [(3, 0.0)]})
+def test_scan_run_streams_only_the_wanted_tags(tmp_path, write_run):
+    write_run(tmp_path, {"a/x": [(0, 1.0), (1, 2.0)], "b/y": [(0, 5.0)], "a/z": [(3, 0.0)]})
     asked, got = [], []
 
     def sink_for(tag):

@@ -22,6 +22,12 @@ def test_defaults_and_label():
     assert named[0].label == "grads"
     assert named[0].bound_text == "min -1, max 1.5"
     assert isinstance(named[0].min, float)
+    assert rule.severity == "error"
+    (warn,) = parse_rules([{"tag": "g/*", "max": 1, "severity": "warn"}])
+    assert warn.severity == "warn"
+    # the default severity leaves the state key that older checkpoints carry unchanged
+    assert rule.key == "gradients/norm/*|gradients/norm/*|all|None|10.0|0|False"
+    assert warn.key == "g/*|g/*|all|None|1.0|0|False|warn"
 
 
 @pytest.mark.parametrize(
@@ -49,8 +55,13 @@ def test_defaults_and_label():
         (
             {"tag": "x", "mx": 1.0},
             "unknown key 'mx'; valid keys: name, tag, min, max, over, after_step, optional, "
-            "finding",
+            "severity, finding",
         ),
+        (
+            {"tag": "x", "max": 1.0, "severity": "fatal"},
+            "key 'severity' must be one of error, warn; got 'fatal'",
+        ),
+        ({"tag": "x", "max": 1.0, "severity": 1}, "key 'severity' must be one of error, warn"),
         ({"name": "grads", "tag": "x"}, r"rule 1 \('grads'\): expected at least one"),
         ("tag", "rule 1: expected a table of rule keys; got str"),
     ],
