@@ -320,3 +320,29 @@ def test_dev_zero_as_threshold_file_is_exit_2_not_a_memory_error(tmp_path):
         "ln-diagnostics check: error: threshold file '/dev/zero' is larger than 16 MiB; "
         "expected a TOML file of [[rule]] tables (is it the right path?)\n"
     )
+
+
+@pytest.mark.parametrize("extra", ["add_scalars", "add_hparams"])
+def test_sub_folders_of_a_run_answer_to_the_run_that_holds_them(tmp_path, capsys, extra):
+    """SummaryWriter.add_scalars/add_hparams write event files in sub-folders of the run: those
+    are parts of the run, not runs that must match every rule on their own."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "logs" / "run"
+    with SummaryWriter(str(run)) as writer:
+        for step in range(3):
+            writer.add_scalar("gradients/norm/net.0", 1.0, step)
+            if extra == "add_scalars":
+                writer.add_scalars("loss", {"train": 1.0, "val": 2.0}, step)
+        if extra == "add_hparams":
+            writer.add_hparams({"lr": 0.1}, {"hp/loss": 1.0})
+    assert len({p.parent for p in run.rglob("events.out.tfevents.*")}) > 1
+    rules = tmp_path / "t.toml"
+    rules.write_text('[[rule]]\ntag = "gradients/norm/*"\nmax = 10.0\n')
+    assert main(["check", str(tmp_path / "logs"), "--thresholds", str(rules)]) == 0
+    assert "1 checks: 1 passed, 0 failed" in capsys.readouterr().out
+    # a sibling run without the rule's tags still fails, as before
+    with SummaryWriter(str(tmp_path / "logs" / "other")) as writer:
+        writer.add_scalar("train/loss", 1.0, 0)
+    assert main(["check", str(tmp_path / "logs"), "--thresholds", str(rules)]) == 2
+    assert "searched run 'other'" in capsys.readouterr().err
