@@ -10,36 +10,46 @@ Models:
                  32x32x3 inputs, batch 32, 10 classes.
     transformer  ``pytorch_lightning.demos.LightningTransformer`` (vocabulary of 1,000 tokens),
                  synthetic token batches of shape (8, 32).
+    encoder      many small modules: a 4-layer d=64 Pre-LN ``nn.TransformerEncoder`` (4 heads,
+                 feed-forward 256) over token embeddings, batch 32, sequence 16, 10 classes.
 
 Configurations:
-    plain            no diagnostics.
-    grad_norm        Lightning's documented recipe, ``log_dict(grad_norm(module, norm_type=2))``
-                     in ``on_before_optimizer_step``, every step.
-    hooks_item       a hand-written forward hook on every leaf module that reads mean/std/max
-                     with ``.item()`` and calls ``logger.log_metrics`` every step.
-    ours_default     ``LayerDiagnostics()``: scalars and the covariate-shift probe every
-                     ``log_every_n_steps`` = 50 steps, histograms every 500.
-    ours_no_shift    ``ours_default`` with ``shift_every_n_steps=0``: what the shift probe costs.
-    ours_ics         ``ours_default`` with ``ics_every_n_steps=50``: what the opt-in ICS probe
-                     costs (one extra forward/backward per measured layer, 4 layers).
-    ours_every_step  ``LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=0)``: activation
-                     and gradient statistics on every step (shift probe off).
-    ours_act_grad    ``ours_every_step`` with ``track_updates=False``: activations and gradients
-                     only, without the parameter snapshot behind ``updates/ratio``.
-    ours_shift_hist  ``LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=10,
-                     shift_every_n_steps=10)``: scalars every step, histograms and the shift
-                     probe every 10 steps.
+    plain              no diagnostics.
+    grad_norm          Lightning's documented recipe, ``log_dict(grad_norm(module, norm_type=2))``
+                       in ``on_before_optimizer_step``, every step.
+    hooks_item         a hand-written forward hook on every leaf module that reads mean/std/max
+                       with ``.item()`` and calls ``logger.log_metrics`` every step.
+    ours_default       ``LayerDiagnostics()``: every option at its default.
+    ours_no_shift      ``ours_default`` with ``shift_every_n_steps=0``: what the shift probe costs.
+    ours_ics           ``ours_default`` with ``ics_every_n_steps=50``: what the opt-in ICS probe
+                       costs (one extra forward/backward per measured layer, 4 layers).
+    ours_every_1       ``LayerDiagnostics(every_n_steps=1)``, every other option at its default:
+                       what a user who asks for every step gets.
+    ours_every_1_bare  ``LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=0,
+                       shift_every_n_steps=0)``: the per-step statistics alone.
+    ours_act_grad      ``ours_every_1_bare`` with ``track_updates=False``: activations and
+                       gradients only, without the parameter snapshot behind ``updates/ratio``.
+    ours_shift_hist    ``LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=10,
+                       shift_every_n_steps=10)``: scalars every step, histograms and the shift
+                       probe every 10 steps.
 
 Measurement: configurations run interleaved round by round (A B C, B C A, ...) so that drift of a
-shared machine hits all of them alike. Each fit runs ``--warmup`` untimed steps, then ``--steps``
-timed steps; a step is the wall time from one ``on_train_batch_start`` to the next, so it holds
-everything Lightning and every callback do for that step, including the logging steps' host copy
-and event-file writes. A round's number for a configuration is its MEAN step time (rare logging
-steps are amortised, not hidden by a median); the table shows the median over rounds, the ratio
-to ``plain`` (median of the per-round ratios, both measured in the same round) and the spread of
-those ratios (25th-75th percentile). With ``--steps 100`` and ``--warmup 5`` the timed window
-holds exactly two of ``ours_default``'s logging steps (50, 100); its histograms (every 500 steps)
-fall outside the window unless ``--steps`` is at least 500.
+shared machine hits all of them alike. Each fit times ``--steps`` steps from step 0 (and runs one
+more, whose start closes the last interval); a step is the wall time from one
+``on_train_batch_start`` to the next, so it holds everything Lightning and every callback do for
+that step, including step 0's one-off work and the logging steps' host copy and event-file writes.
+Per round and configuration the benchmark takes the MEAN step time over every timed step (rare
+logging steps and step 0 are amortised, not hidden), the mean without the first ``--warmup`` steps
+(``warm``), the MEDIAN step, step 0 alone and the wall clock of ``Trainer.fit`` (set-up and
+tear-down included). The table shows the mean in ms, and for each measure the ratio to ``plain``
+(median of the per-round ratios, both measured in the same round), with the 25th-75th percentile
+of the mean's ratios. With the default ``--steps 300`` and ``log_every_n_steps=50``,
+``ours_default`` logs at steps 0, 50, ..., 250.
+
+``--breakdown CONFIG`` times the phases of ``LayerDiagnostics`` instead (set-up, HParams, text
+summary, statistics, histograms, norms, pack, host copy, host side, shift probe, event file,
+dashboard, layout, heat maps), by wrapping the package's functions from the benchmark: each
+phase's exclusive time at step 0 (with the set-up before it) and on an average later logging step.
 
 Peak memory (``--memory``, on by default except with ``--quick``): one fresh child process per
 (configuration, repeat) trains the first model for ``--memory-steps`` steps and reports its peak
@@ -54,7 +64,8 @@ Run::
     python benchmarks/overhead.py                        # all models, all configurations
     python benchmarks/overhead.py --models mlp --configs plain,ours_default --rounds 3
     python benchmarks/overhead.py --quick                # 1 round, 3 steps: a smoke run
-    python benchmarks/overhead.py --profile ours_every_step --models mlp   # cProfile breakdown
+    python benchmarks/overhead.py --breakdown ours_default --steps 300   # step 0 / logging step
+    python benchmarks/overhead.py --profile ours_every_1 --models mlp   # cProfile breakdown
 
 Results go to ``benchmarks/results/overhead.json`` (``--json`` to change). Numbers depend on the
 machine and its load: compare ratios, not milliseconds, and rerun on a quiet machine before
@@ -65,7 +76,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
+import importlib
 import json
 import logging
 import math
@@ -79,9 +92,10 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -94,7 +108,7 @@ from torch.utils.data import DataLoader, Dataset
 from ln_diagnostics.callbacks import LayerDiagnostics
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "overhead.json"
-MODELS = ("mlp", "cnn", "transformer")
+MODELS = ("mlp", "cnn", "transformer", "encoder")
 CONFIGS = (
     "plain",
     "grad_norm",
@@ -102,11 +116,12 @@ CONFIGS = (
     "ours_default",
     "ours_no_shift",
     "ours_ics",
-    "ours_every_step",
+    "ours_every_1",
+    "ours_every_1_bare",
     "ours_act_grad",
     "ours_shift_hist",
 )
-MEMORY_CONFIGS = ("plain", "ours_default", "ours_every_step")
+MEMORY_CONFIGS = ("plain", "ours_default", "ours_every_1")
 LOG_EVERY_N_STEPS = 50
 POOL = 8  # distinct synthetic batches per model, cycled
 VOCAB = 1000
@@ -238,10 +253,49 @@ class SyntheticTransformer(LightningTransformer):
         return _loader(make, self.n_batches)
 
 
+class SmallEncoder(_Classifier):
+    """4-layer d=64 Pre-LN ``nn.TransformerEncoder`` (4 heads, feed-forward 256) over token
+    embeddings, mean-pooled into 10 classes; batch 32, sequence 16: many small modules."""
+
+    WIDTH, DEPTH, HEADS, BATCH, SEQ = 64, 4, 4, 32, 16
+
+    def __init__(self, n_batches: int) -> None:
+        layer = nn.TransformerEncoderLayer(
+            self.WIDTH,
+            self.HEADS,
+            dim_feedforward=4 * self.WIDTH,
+            dropout=0.0,
+            batch_first=True,
+            norm_first=True,
+        )
+        net = nn.Sequential(
+            nn.Embedding(VOCAB, self.WIDTH),
+            nn.TransformerEncoder(
+                layer, self.DEPTH, norm=nn.LayerNorm(self.WIDTH), enable_nested_tensor=False
+            ),
+            _MeanOverTokens(),
+            nn.Linear(self.WIDTH, 10),
+        )
+        super().__init__(net, n_batches)
+
+    def train_dataloader(self) -> DataLoader:
+        def make(gen: torch.Generator) -> tuple[Tensor, Tensor]:
+            tokens = torch.randint(0, VOCAB, (self.BATCH, self.SEQ), generator=gen)
+            return tokens, torch.randint(0, 10, (self.BATCH,), generator=gen)
+
+        return _loader(make, self.n_batches)
+
+
+class _MeanOverTokens(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=1)
+
+
 MODEL_FACTORIES: dict[str, Callable[[int], pl.LightningModule]] = {
     "mlp": DeepMLP,
     "cnn": SmallCNN,
     "transformer": SyntheticTransformer,
+    "encoder": SmallEncoder,
 }
 
 
@@ -307,7 +361,9 @@ def config_callbacks(config: str) -> list[pl.Callback]:
         return [LayerDiagnostics(shift_every_n_steps=0)]
     if config == "ours_ics":
         return [LayerDiagnostics(ics_every_n_steps=LOG_EVERY_N_STEPS)]
-    if config == "ours_every_step":
+    if config == "ours_every_1":
+        return [LayerDiagnostics(every_n_steps=1)]
+    if config == "ours_every_1_bare":
         return [LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=0, shift_every_n_steps=0)]
     if config == "ours_act_grad":
         return [
@@ -327,21 +383,26 @@ def config_callbacks(config: str) -> list[pl.Callback]:
 
 # ------------------------------------------------------------------------------------ timing
 class StepTimer(pl.Callback):
-    """Wall time from one ``on_train_batch_start`` to the next, for global steps
-    ``warmup .. warmup + steps``; it sees everything in between, whatever the callback order."""
+    """Wall time from one ``on_train_batch_start`` to the next, for every global step from 0;
+    it sees everything in between, whatever the callback order."""
 
-    def __init__(self, warmup: int, steps: int) -> None:
-        self.first, self.last = warmup, warmup + steps
+    def __init__(self) -> None:
         self.stamps: list[float] = []
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.first <= trainer.global_step <= self.last:
-            self.stamps.append(time.perf_counter())
+        self.stamps.append(time.perf_counter())
 
     def step_times(self) -> list[float]:
         return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+
+
+class FitTiming(NamedTuple):
+    """One fit: every step's duration from step 0 (s) and the wall clock of ``Trainer.fit``."""
+
+    steps: list[float]
+    fit_s: float
 
 
 @contextlib.contextmanager
@@ -366,18 +427,21 @@ def _quiet() -> Iterator[None]:
                 logging.getLogger(name).setLevel(level)
 
 
-def fit_once(model_name: str, config: str, warmup: int, steps: int) -> list[float]:
-    """Train a fresh ``model_name`` under ``config``; return the timed steps' durations (s)."""
-    total = warmup + steps + 1  # the last step's start closes the last timed interval
+def fit_once(
+    model_name: str, config: str, steps: int, extra: Sequence[pl.Callback] = ()
+) -> FitTiming:
+    """Train a fresh ``model_name`` under ``config`` for ``steps`` timed steps (step 0 included)
+    and one more whose start closes the last timed interval."""
+    total = steps + 1
     torch.manual_seed(0)
     model = MODEL_FACTORIES[model_name](total)
-    timer = StepTimer(warmup, steps)
+    timer = StepTimer()
     with tempfile.TemporaryDirectory(prefix="ln-diag-bench-") as logdir:
         trainer = pl.Trainer(
             max_steps=total,
             max_epochs=-1,
             logger=TensorBoardLogger(logdir, name="run"),
-            callbacks=[timer, *config_callbacks(config)],
+            callbacks=[timer, *extra, *config_callbacks(config)],
             accelerator="cpu",
             devices=1,
             enable_progress_bar=False,
@@ -386,11 +450,13 @@ def fit_once(model_name: str, config: str, warmup: int, steps: int) -> list[floa
             log_every_n_steps=LOG_EVERY_N_STEPS,
             num_sanity_val_steps=0,
         )
+        started = time.perf_counter()
         trainer.fit(model)
-    times = timer.step_times()
+        fit_s = time.perf_counter() - started
+    times = timer.step_times()[:steps]
     if len(times) != steps:
         raise RuntimeError(f"{model_name}/{config}: timed {len(times)} steps, expected {steps}")
-    return times
+    return FitTiming(times, fit_s)
 
 
 # ------------------------------------------------------------------------------------- stats
@@ -404,26 +470,44 @@ def _quantile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def summarize(rounds: dict[str, list[list[float]]]) -> dict[str, dict[str, Any]]:
-    """Per configuration: per-round mean/median step times (ms) and ratios to ``plain``."""
-    means = {c: [1e3 * statistics.fmean(r) for r in rs] for c, rs in rounds.items()}
-    medians = {c: [1e3 * statistics.median(r) for r in rs] for c, rs in rounds.items()}
+#: per-round measures of one fit (ms), each also reported as a ratio to ``plain``
+MEASURES = ("mean", "mean_warm", "median", "fit", "step0")
+
+
+def _measures(fit: FitTiming, warmup: int) -> dict[str, float]:
+    warm = fit.steps[warmup:] or fit.steps
+    return {
+        "mean": 1e3 * statistics.fmean(fit.steps),
+        "mean_warm": 1e3 * statistics.fmean(warm),
+        "median": 1e3 * statistics.median(fit.steps),
+        "fit": 1e3 * fit.fit_s,
+        "step0": 1e3 * fit.steps[0],
+    }
+
+
+def summarize(rounds: dict[str, list[FitTiming]], warmup: int) -> dict[str, dict[str, Any]]:
+    """Per configuration and measure (see ``MEASURES``): the median over rounds in ms and, with a
+    ``plain`` run, the median of the per-round ratios and their 25th-75th percentile.
+
+    ``mean`` is the mean step time over every timed step, step 0 included; ``mean_warm`` leaves
+    out the first ``warmup`` steps; ``median`` is the median step; ``fit`` is the wall clock of
+    ``Trainer.fit``; ``step0`` is step 0 alone.
+    """
+    values = {c: [_measures(f, warmup) for f in fits] for c, fits in rounds.items()}
     out: dict[str, dict[str, Any]] = {}
-    for config in rounds:
-        entry: dict[str, Any] = {
-            "ms_per_step": statistics.median(means[config]),
-            "ms_per_step_rounds": means[config],
-            "median_step_ms": statistics.median(medians[config]),
-            "median_step_ms_rounds": medians[config],
-        }
-        if "plain" in means:
-            ratios = [c / p for c, p in zip(means[config], means["plain"], strict=True)]
-            entry.update(
-                ratio=statistics.median(ratios),
-                ratio_rounds=ratios,
-                ratio_q25=_quantile(ratios, 0.25),
-                ratio_q75=_quantile(ratios, 0.75),
-            )
+    for config, per_round in values.items():
+        entry: dict[str, Any] = {}
+        for measure in MEASURES:
+            ms = [r[measure] for r in per_round]
+            entry[f"{measure}_ms"] = statistics.median(ms)
+            entry[f"{measure}_ms_rounds"] = ms
+            if "plain" in values:
+                plain = [r[measure] for r in values["plain"]]
+                ratios = [c / p for c, p in zip(ms, plain, strict=True)]
+                entry[f"{measure}_ratio"] = statistics.median(ratios)
+                entry[f"{measure}_ratio_rounds"] = ratios
+                entry[f"{measure}_ratio_q25"] = _quantile(ratios, 0.25)
+                entry[f"{measure}_ratio_q75"] = _quantile(ratios, 0.75)
         out[config] = entry
     return out
 
@@ -461,7 +545,7 @@ def _memory_child(model_name: str, config: str, steps: int) -> dict[str, Any]:
     before = _status_kib("VmRSS") if reset else None
     if before is None:  # no /proc: fall back on ru_maxrss and the growth of the peak
         before = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    fit_once(model_name, config, warmup=0, steps=steps)
+    fit_once(model_name, config, steps)
     peak = _status_kib("VmHWM")
     source = "VmHWM"
     if peak is None:
@@ -524,16 +608,178 @@ def profile(model_name: str, config: str, steps: int, top: int = 30) -> str:
     import io
     import pstats
 
-    fit_once(model_name, config, warmup=0, steps=2)  # imports, first-call set-up
+    fit_once(model_name, config, 2)  # imports, first-call set-up
     prof = cProfile.Profile()
     prof.enable()
-    fit_once(model_name, config, warmup=0, steps=steps)
+    fit_once(model_name, config, steps)
     prof.disable()
     buffer = io.StringIO()
     stats = pstats.Stats(prof, stream=buffer)
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(r"ln_diagnostics|overhead\.py", top)
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------- breakdown
+#: (label, owner, attribute) of the parts of ``LayerDiagnostics`` timed by ``--breakdown``;
+#: a part's time excludes the time of the parts it calls, so the rows add up.
+PHASES: tuple[tuple[str, str, str], ...] = (
+    (
+        "set-up: hooks, probes, grouping",
+        "ln_diagnostics.callbacks.layer_diagnostics",
+        "LayerDiagnostics.setup",
+    ),
+    ("HParams session", "ln_diagnostics.callbacks.layer_diagnostics", "start_dashboard"),
+    ("text summary", "ln_diagnostics.callbacks.layer_diagnostics", "write_run_summary"),
+    (
+        "activation statistics (forward hooks)",
+        "ln_diagnostics.collect.collector",
+        "Collector._record_forward",
+    ),
+    ("histograms (activations, gradients)", "ln_diagnostics.collect.collector", "histogram"),
+    (
+        "output-gradient norms (backward hooks)",
+        "ln_diagnostics.collect.collector",
+        "Collector._backward_hook",
+    ),
+    (
+        "gradient and parameter norms, snapshot",
+        "ln_diagnostics.collect.collector",
+        "Collector.before_optimizer_step",
+    ),
+    ("pack: update norms, one vector", "ln_diagnostics.collect.collector", "Collector._pack"),
+    ("host copy", "ln_diagnostics.collect.collector", "Collector._to_host"),
+    ("host side: scalars and tags", "ln_diagnostics.collect.collector", "Collector._unpack"),
+    ("shift probe (no-grad forward)", "ln_diagnostics.collect.shift", "ShiftProbe.measure"),
+    ("emit: event file", "ln_diagnostics.callbacks.layer_diagnostics", "write_report"),
+    ("dashboard history", "ln_diagnostics.tensorboard.dashboard", "Dashboard.update"),
+    ("custom-scalars layout", "ln_diagnostics.tensorboard.dashboard", "Dashboard.write_layout"),
+    ("heat maps", "ln_diagnostics.tensorboard.dashboard", "Dashboard.write_heatmaps"),
+)
+
+
+#: the phase that runs exactly once per logging step
+_LOGGING_PHASE = "host copy"
+
+
+class _PhaseTimer(pl.Callback):
+    """Exclusive wall time of each phase, per global step (-1: before step 0)."""
+
+    def __init__(self) -> None:
+        self.step = -1
+        self.times: dict[tuple[str, int], float] = defaultdict(float)
+        self._stack: list[float] = []  # time spent in children of the running phases
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.step = trainer.global_step
+
+    def wrap(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self._stack.append(0.0)
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - started
+                children = self._stack.pop()
+                self.times[(label, self.step)] += spent - children
+                if self._stack:
+                    self._stack[-1] += spent
+
+        return timed
+
+
+@contextlib.contextmanager
+def _timed_phases(timer: _PhaseTimer) -> Iterator[None]:
+    """Wrap every phase of ``PHASES`` that exists in this version of the package."""
+    saved: list[tuple[Any, str, Any]] = []
+    for label, module_name, attribute in PHASES:
+        owner: Any = importlib.import_module(module_name)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part, None)
+        if owner is None or not hasattr(owner, name):
+            continue
+        original = vars(owner)[name] if isinstance(owner, type) else getattr(owner, name)
+        saved.append((owner, name, original))
+        wrapped: Any = timer.wrap(label, getattr(owner, name))
+        setattr(
+            owner, name, staticmethod(wrapped) if isinstance(original, staticmethod) else wrapped
+        )
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(saved):
+            setattr(owner, name, original)
+
+
+def breakdown(model_name: str, config: str, steps: int) -> dict[str, Any]:
+    """Where ``config``'s time goes on ``model_name``: each phase at step 0 (with the one-off
+    set-up before it) and on an average later logging step, beside a plain fit's median step."""
+    fit_once(model_name, "plain", 2)  # imports, first-call set-up
+    plain = fit_once(model_name, "plain", steps)
+    timer = _PhaseTimer()
+    with _timed_phases(timer):
+        ours = fit_once(model_name, config, steps, extra=[timer])
+    logged = sorted({s for (label, s) in timer.times if label == _LOGGING_PHASE and 0 < s < steps})
+    rows = []
+    for label, _, _ in PHASES:
+        first = 1e3 * (timer.times.get((label, -1), 0.0) + timer.times.get((label, 0), 0.0))
+        later = [1e3 * timer.times.get((label, s), 0.0) for s in logged]
+        other = 1e3 * sum(
+            t
+            for (lb, s), t in timer.times.items()
+            if lb == label and 0 < s < steps and s not in logged
+        )
+        rows.append(
+            {
+                "phase": label,
+                "step0_ms": first,
+                "logging_step_ms": statistics.fmean(later) if later else 0.0,
+                "other_steps_ms": other,
+                "total_ms": 1e3
+                * sum(t for (lb, s), t in timer.times.items() if lb == label and s < steps),
+            }
+        )
+    return {
+        "model": model_name,
+        "config": config,
+        "steps": steps,
+        "logging_steps_after_0": logged,
+        "plain_median_step_ms": 1e3 * statistics.median(plain.steps),
+        "plain_fit_s": plain.fit_s,
+        "fit_s": ours.fit_s,
+        "step0_ms": 1e3 * ours.steps[0],
+        "plain_step0_ms": 1e3 * plain.steps[0],
+        "phases": rows,
+    }
+
+
+def format_breakdown(result: dict[str, Any]) -> str:
+    logged = result["logging_steps_after_0"]
+    lines = [
+        f"# {result['model']} / {result['config']}, {result['steps']} steps: plain median step "
+        f"{result['plain_median_step_ms']:.2f} ms, step 0 {result['plain_step0_ms']:.1f} ms plain "
+        f"vs {result['step0_ms']:.1f} ms; fit {result['plain_fit_s']:.2f} s plain vs "
+        f"{result['fit_s']:.2f} s; {len(logged)} logging steps after step 0",
+        f"{'phase':<42} {'step 0 ms':>10} {'per logging step ms':>20} {'fit total ms':>13}",
+    ]
+    for row in result["phases"]:
+        lines.append(
+            f"{row['phase']:<42} {row['step0_ms']:>10.2f} {row['logging_step_ms']:>20.2f} "
+            f"{row['total_ms']:>13.1f}"
+        )
+    total = {
+        k: sum(r[k] for r in result["phases"]) for k in ("step0_ms", "logging_step_ms", "total_ms")
+    }
+    lines.append(
+        f"{'all of the above':<42} {total['step0_ms']:>10.2f} {total['logging_step_ms']:>20.2f} "
+        f"{total['total_ms']:>13.1f}"
+    )
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------- report
@@ -556,16 +802,23 @@ def header(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
 def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = [
-        f"{'model':<12} {'config':<16} {'ms/step':>9} {'median':>8} {'ratio':>7} "
-        f"{'IQR of ratio':>15}",
+        f"{'model':<12} {'config':<18} {'ms/step':>8} {'mean':>6} {'IQR of mean':>12} "
+        f"{'warm':>6} {'median':>6} {'fit':>6} {'fit s':>6} {'step 0 ms':>9}",
     ]
+
+    def ratio(e: dict[str, Any], measure: str) -> str:
+        key = f"{measure}_ratio"
+        return f"{e[key]:.3f}" if key in e else "-"
+
     for model_name, per_config in results.items():
         for config, e in per_config.items():
-            ratio = f"{e['ratio']:.3f}" if "ratio" in e else "-"
-            spread = f"{e['ratio_q25']:.3f}-{e['ratio_q75']:.3f}" if "ratio" in e else "-"
+            spread = (
+                f"{e['mean_ratio_q25']:.3f}-{e['mean_ratio_q75']:.3f}" if "mean_ratio" in e else "-"
+            )
             lines.append(
-                f"{model_name:<12} {config:<16} {e['ms_per_step']:>9.2f} "
-                f"{e['median_step_ms']:>8.2f} {ratio:>7} {spread:>15}"
+                f"{model_name:<12} {config:<18} {e['mean_ms']:>8.2f} {ratio(e, 'mean'):>6} "
+                f"{spread:>12} {ratio(e, 'mean_warm'):>6} {ratio(e, 'median'):>6} "
+                f"{ratio(e, 'fit'):>6} {e['fit_ms'] / 1e3:>6.2f} {e['step0_ms']:>9.1f}"
             )
     return "\n".join(lines)
 
@@ -597,8 +850,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per fit")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per fit, from 0")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        help="leading steps left out of the 'warm' mean (every other measure includes them)",
+    )
     parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {MODELS}")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {CONFIGS}")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -626,6 +884,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         metavar="CONFIG",
         help="instead of the benchmark: cProfile CONFIG on the first model for --steps steps",
     )
+    parser.add_argument(
+        "--breakdown",
+        metavar="CONFIG",
+        help="instead of the benchmark: time CONFIG's phases (step 0 and logging steps) on "
+        "every --models model for --steps steps",
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # "model:config", internal
     args = parser.parse_args(argv)
     if args.quick:
@@ -636,6 +900,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.memory = True
     if args.memory_only and args.json == DEFAULT_JSON:
         args.json = DEFAULT_JSON.with_name("overhead_memory.json")
+    if args.breakdown and args.json == DEFAULT_JSON:
+        args.json = DEFAULT_JSON.with_name("overhead_breakdown.json")
     for name in ("rounds", "steps", "memory_steps", "memory_repeats", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -665,19 +931,17 @@ def time_configs(
     """Interleaved rounds of every (model, configuration); the summary per model."""
     if not args.quick:  # one untimed fit per model: first-call set-up, allocator warm-up
         for model_name in models:
-            fit_once(model_name, "plain", warmup=0, steps=2)
+            fit_once(model_name, "plain", 2)
     started = time.perf_counter()
     configs = list(configs)
-    rounds: dict[str, dict[str, list[list[float]]]] = {m: {c: [] for c in configs} for m in models}
+    rounds: dict[str, dict[str, list[FitTiming]]] = {m: {c: [] for c in configs} for m in models}
     for r in range(args.rounds):
         order = configs[r % len(configs) :] + configs[: r % len(configs)]
         for model_name in models:
             for config in order:
-                rounds[model_name][config].append(
-                    fit_once(model_name, config, args.warmup, args.steps)
-                )
+                rounds[model_name][config].append(fit_once(model_name, config, args.steps))
         print(f"# round {r + 1}/{args.rounds} done ({time.perf_counter() - started:.0f} s)")
-    return {m: summarize(per) for m, per in rounds.items()}
+    return {m: summarize(per, args.warmup) for m, per in rounds.items()}
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
@@ -694,6 +958,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         return {}
 
     info = header(args, argv)
+    if args.breakdown:
+        _names(args.breakdown, CONFIGS, "breakdown")
+        print(f"# {info['command']}; load average {info['load_average_start']}")
+        parts = [breakdown(m, args.breakdown, args.steps) for m in models]
+        print("\n\n".join(format_breakdown(part) for part in parts))
+        output = {"environment": info, "breakdown": parts}
+        _write(args, output)
+        return output
     print(f"# {info['command']}")
     print(
         f"# torch {info['torch']}, pytorch_lightning {info['pytorch_lightning']}, "
@@ -701,7 +973,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         f"{info['platform']}"
     )
     print(
-        f"# {args.rounds} round(s) x ({args.warmup} warm-up + {args.steps} timed steps), "
+        f"# {args.rounds} round(s) x {args.steps} timed steps from step 0 ('warm': from step "
+        f"{args.warmup}), "
         f"configurations interleaved; load average at start {info['load_average_start']}"
     )
 
@@ -731,10 +1004,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     output = {"environment": info, "results": results, "memory": memory}
     if memory is not None:
         output["memory_model"] = models[0]
+    _write(args, output)
+    return output
+
+
+def _write(args: argparse.Namespace, output: dict[str, Any]) -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(output, indent=2) + "\n")
     print(f"# results written to {args.json}")
-    return output
 
 
 if __name__ == "__main__":

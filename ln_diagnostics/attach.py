@@ -34,7 +34,7 @@ def attach(
             give the writer to rank 0 only: every rank's report holds the global statistics.
         every_n_steps: scalars on step 0 and every n-th step.
         histogram_every_n_steps: histograms of activations and gradients; default
-            ``10 * every_n_steps``, 0 disables.
+            ``10 * every_n_steps`` and at least 500 steps apart, 0 disables.
         types: watch instances of these classes (or dotted class paths) instead of the default
             (leaf modules with parameters, norm and activation modules).
         include: keep only modules whose qualified name matches one of these globs.

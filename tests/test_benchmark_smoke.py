@@ -21,7 +21,7 @@ def test_quick_run_writes_positive_finite_times(tmp_path, capsys):
     bench = load_benchmark()
     out = tmp_path / "overhead.json"
     returned = bench.main(
-        ["--quick", "--models", "mlp", "--configs", "plain,ours_every_step", "--json", str(out)]
+        ["--quick", "--models", "encoder", "--configs", "plain,ours_every_1", "--json", str(out)]
     )
 
     data = json.loads(out.read_text())
@@ -30,16 +30,56 @@ def test_quick_run_writes_positive_finite_times(tmp_path, capsys):
     assert data["environment"]["threads"] == 1
     assert data["environment"]["command"].startswith("python benchmarks/overhead.py --quick")
     assert data["memory"] is None
-    assert set(data["results"]) == {"mlp"}
-    assert set(data["results"]["mlp"]) == {"plain", "ours_every_step"}
-    for config, entry in data["results"]["mlp"].items():
-        for key in ("ms_per_step", "median_step_ms", "ratio", "ratio_q25", "ratio_q75"):
-            assert math.isfinite(entry[key]) and entry[key] > 0, (config, key, entry[key])
-        assert len(entry["ms_per_step_rounds"]) == 1
-    assert data["results"]["mlp"]["plain"]["ratio"] == 1.0
+    assert data["environment"]["timed_steps"] == 3
+    assert set(data["results"]) == {"encoder"}
+    assert set(data["results"]["encoder"]) == {"plain", "ours_every_1"}
+    for config, entry in data["results"]["encoder"].items():
+        for measure in bench.MEASURES:
+            for key in (f"{measure}_ms", f"{measure}_ratio", f"{measure}_ratio_q25"):
+                assert math.isfinite(entry[key]) and entry[key] > 0, (config, key, entry[key])
+            assert len(entry[f"{measure}_ms_rounds"]) == 1
+        # the fit's wall clock holds every step and more
+        assert entry["fit_ms"] > 3 * entry["mean_ms"] >= entry["step0_ms"]
+    assert data["results"]["encoder"]["plain"]["mean_ratio"] == 1.0
 
     printed = capsys.readouterr().out
-    assert "ours_every_step" in printed and "ratio" in printed
+    assert "ours_every_1" in printed and "fit" in printed
+
+
+def test_summary_counts_step_0_in_the_mean_and_not_in_the_warm_mean():
+    bench = load_benchmark()
+    plain = bench.FitTiming(steps=[0.010, 0.001, 0.001, 0.001], fit_s=0.1)
+    ours = bench.FitTiming(steps=[0.050, 0.001, 0.002, 0.001], fit_s=0.2)
+    summary = bench.summarize({"plain": [plain], "ours": [ours]}, warmup=1)["ours"]
+    assert summary["mean_ms"] == pytest.approx(54 / 4)
+    assert summary["mean_ratio"] == pytest.approx(54 / 13)
+    assert summary["mean_warm_ratio"] == pytest.approx(4 / 3)
+    assert summary["median_ratio"] == pytest.approx(1.5)
+    assert summary["fit_ratio"] == pytest.approx(2.0)
+    assert summary["step0_ms"] == pytest.approx(50)
+
+
+def test_breakdown_times_step_0_and_the_logging_steps(tmp_path):
+    bench = load_benchmark()
+    out = bench.main(
+        [
+            "--breakdown",
+            "ours_every_1_bare",
+            "--models",
+            "mlp",
+            "--steps",
+            "3",
+            "--json",
+            str(tmp_path / "b.json"),
+        ]
+    )
+    (part,) = out["breakdown"]
+    assert part["logging_steps_after_0"] == [1, 2]
+    phases = {row["phase"]: row for row in part["phases"]}
+    for phase in ("activation statistics (forward hooks)", "host copy", "emit: event file"):
+        assert phases[phase]["step0_ms"] > 0 and phases[phase]["logging_step_ms"] > 0, phase
+    assert phases["HParams session"]["logging_step_ms"] == 0
+    assert phases["histograms (activations, gradients)"]["total_ms"] == 0  # off in this config
 
 
 def test_unknown_configuration_lists_the_valid_ones():

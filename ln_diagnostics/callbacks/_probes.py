@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ln_diagnostics._validate import check_globs, check_int, check_optional_int
 from ln_diagnostics.collect.collector import Collector
 from ln_diagnostics.collect.ics import ICSProbe, LossFn
+from ln_diagnostics.collect.options import default_interval
 from ln_diagnostics.collect.probing import (
     AttributeStateError,
     ForwardFn,
@@ -36,6 +37,24 @@ from ln_diagnostics.tags import layer_name
 
 #: Layers measured by ICS when ``ics_layers`` is not given.
 DEFAULT_ICS_LAYERS = 4
+
+#: Fewest steps between two shift probes by default: each is one extra no-grad forward pass
+#: (about a third of a plain training step), so it runs 10x rarer than the scalars and at least
+#: this many steps apart; step 0's probe always runs and becomes the ``_init`` reference.
+MIN_SHIFT_INTERVAL = 100
+
+
+def shift_interval(every_n_steps: int, shift_every_n_steps: int | None) -> int:
+    """The shift probe's interval: as given (0 = off), or by default 10x rarer than the scalars
+    and at least :data:`MIN_SHIFT_INTERVAL` steps apart.
+
+    Example:
+        >>> shift_interval(50, None), shift_interval(1, None), shift_interval(1, 5)
+        (500, 100, 5)
+    """
+    if shift_every_n_steps is not None:
+        return shift_every_n_steps
+    return default_interval(every_n_steps, MIN_SHIFT_INTERVAL)
 
 
 def _check_callable(name: str, value: Any, signature: str) -> Any:
@@ -212,7 +231,7 @@ class Probes:
     def setup(self, trainer: Any, pl_module: Any, collector: Collector, every: int) -> None:
         """Build the probes for a ``fit`` whose scalars log every ``every`` steps."""
         opts = self.options
-        self._shift_every = every if opts.shift_every_n_steps is None else opts.shift_every_n_steps
+        self._shift_every = shift_interval(every, opts.shift_every_n_steps)
         self._ics_every = opts.ics_every_n_steps
         self._pending = {}
         self.shift = self.ics = None

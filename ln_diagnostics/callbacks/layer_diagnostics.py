@@ -37,8 +37,9 @@ class LayerDiagnostics(pl.Callback):
     Args:
         every_n_steps: log scalars on step 0 and every n-th optimizer step; default: the
             Trainer's ``log_every_n_steps``.
-        histogram_every_n_steps: histograms of activations and gradients; default 10× rarer
-            than scalars, 0 disables. Needs a TensorBoard logger.
+        histogram_every_n_steps: histograms of activations and gradients (and the heat maps'
+            redraw); default 10× rarer than scalars and at least 500 steps apart (step 0, then
+            every 500 steps at ``every_n_steps`` ≤ 50), 0 disables. Needs a TensorBoard logger.
         types: watch instances of these classes (classes or dotted paths such as
             ``"torch.nn.Linear"``) instead of the default: leaf modules with parameters, norm and
             activation modules.
@@ -48,7 +49,9 @@ class LayerDiagnostics(pl.Callback):
             the watched parameters during logging steps).
         shift_every_n_steps: covariate shift of every watched layer (``shift/…`` and
             ``health/shift_…``) on a fixed probe batch, one extra no-grad forward pass each time;
-            default: the scalar logging interval, 0 disables.
+            default 10× rarer than scalars and at least 100 steps apart (step 0, which sets the
+            ``_init`` reference, then every 100 steps with ``every_n_steps=1``, every 500 with
+            50), 0 disables.
         ics_every_n_steps: gradient-based internal covariate shift (``ics/l2``, ``ics/cos``),
             one extra forward/backward per measured layer each time; 0 (default) disables.
         probe_batch: the batch the shift probe runs on; default: the first training batch.

@@ -16,10 +16,30 @@ from ln_diagnostics.collect.selection import (
     select_modules,
 )
 
+#: Fewest steps between two histogram steps by default. A histogram step (activation and
+#: gradient histograms, and the heat maps redrawn with them) costs several plain steps on the
+#: benchmark models (``benchmarks/overhead.py --breakdown``), so logging scalars every step must
+#: not mean histograms every 10 steps.
+MIN_HISTOGRAM_INTERVAL = 500
+
+
+def default_interval(every_n_steps: int, at_least: int) -> int:
+    """10x rarer than the scalars, and at least ``at_least`` steps apart, in whole multiples of
+    ``every_n_steps`` so that the rarer work falls on logging steps.
+
+    Example:
+        >>> default_interval(50, 500), default_interval(1, 500), default_interval(7, 100)
+        (500, 500, 105)
+    """
+    return every_n_steps * max(10, -(-at_least // every_n_steps))
+
 
 def histogram_interval(every_n_steps: int, histogram_every_n_steps: int | None) -> int:
-    """The histogram interval: as given, or by default 10x rarer than the scalars."""
-    return 10 * every_n_steps if histogram_every_n_steps is None else histogram_every_n_steps
+    """The histogram interval: as given, or by default 10x rarer than the scalars and at least
+    :data:`MIN_HISTOGRAM_INTERVAL` steps apart (see :func:`default_interval`)."""
+    if histogram_every_n_steps is not None:
+        return histogram_every_n_steps
+    return default_interval(every_n_steps, MIN_HISTOGRAM_INTERVAL)
 
 
 @dataclass(frozen=True)

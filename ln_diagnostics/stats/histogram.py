@@ -32,6 +32,37 @@ def bucket_edges(device: torch.device) -> Tensor:
     return edges.float().to(device)
 
 
+def bucket_index(x: Tensor, edges: Tensor, *, out: Tensor, work: Tensor) -> Tensor:
+    """``torch.bucketize(x, edges, out_int32=True, out=out)`` for the edges of
+    :func:`bucket_edges`, several times faster on the CPU, whose ``bucketize`` is a binary search
+    per element (~90 ns each).
+
+    The bucket follows from ``10·log10|x|`` (for ``x > 0`` the ceiling past the zero bucket, for
+    ``x < 0`` the mirror image); one comparison with each of the bucket's edges then moves a value
+    that float32 rounding put next door (and ``+0``) into its bucket, so the result is exactly
+    ``bucketize``'s, NaN in the last bucket included.
+
+    Args:
+        x: a float32 vector.
+        edges: ``bucket_edges(x.device)``.
+        out: an int32 vector as long as ``x``, for the result.
+        work: a float32 vector as long as ``x``, overwritten.
+    """
+    steps = _DECADES * _PER_DECADE  # edges on each side of zero: 10^(k/10), k = -steps..steps
+    zero = edges.numel() // 2  # the position of the zero edge
+    torch.abs(x, out=work)
+    work.log10_().mul_(_PER_DECADE).clamp_(-steps - 0.5, steps + 0.5).add_(steps + 1)
+    torch.copysign(work, x, out=work)
+    work.add_(zero).ceil_().nan_to_num_(nan=float(edges.numel()))
+    out.copy_(work)
+    nan = torch.full((1,), math.nan, dtype=edges.dtype, device=edges.device)
+    torch.index_select(torch.cat([edges, nan]), 0, out, out=work)  # the bucket's upper edge
+    out.add_(x > work)
+    torch.index_select(torch.cat([nan, edges]), 0, out, out=work)  # its lower edge
+    out.add_(x <= work, alpha=-1)
+    return out
+
+
 def bucket_counts(index: Tensor, bins: int, *, sync_free: bool) -> Tensor:
     """How often each of ``0 .. bins-1`` occurs in ``index`` (int64 counts).
 
@@ -60,7 +91,7 @@ def histogram(x: Tensor, edges: Tensor, *, scratch: Scratch | None = None) -> tu
         if n == 0:  # e.g. a zero-size parameter: no values, no counts
             empty = torch.tensor([math.inf, -math.inf, 0.0, 0.0], device=flat.device)
             return empty, torch.zeros(bins, dtype=torch.int64, device=flat.device)
-        index, _, converted = (scratch or Scratch()).views(min(n, CHUNK), flat.device)
+        index, work, converted = (scratch or Scratch()).views(min(n, CHUNK), flat.device)
         index = index.view(torch.int32)
         edges_here = edges.to(flat.device)  # a layer on another device than the parameters
         counts: Tensor | None = None
@@ -70,7 +101,7 @@ def histogram(x: Tensor, edges: Tensor, *, scratch: Scratch | None = None) -> tu
             m = part.numel()
             if part.dtype != torch.float32:
                 part = converted[:m].copy_(part)
-            torch.bucketize(part, edges_here, out_int32=True, out=index[:m])
+            bucket_index(part, edges_here, out=index[:m], work=work[:m])
             chunk = bucket_counts(index[:m], bins, sync_free=flat.device.type != "cpu")
             counts = chunk if counts is None else counts.add_(chunk)
             parts.append(torch.stack([*torch.aminmax(part), part.sum(), torch.dot(part, part)]))

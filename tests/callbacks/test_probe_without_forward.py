@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ln_diagnostics.callbacks import LayerDiagnostics
 
-STEPS = 6  # log_every_n_steps=2: scalars, and so shift, at steps 0, 2, 4
+STEPS = 6  # log_every_n_steps=2: scalars at steps 0, 2, 4; by default shift at step 0
 
 #: ``torch.is_grad_enabled()`` at each ``NoForward.training_step`` call (outside the module:
 #: the probe restores the module's own attributes).
@@ -128,18 +128,21 @@ LAYERS = {"net": ("net.0", "net.6"), "gpt2": ("model.transformer.h.0.mlp.c_fc", 
 
 
 @pytest.mark.parametrize("kind", ["net", "gpt2"])
-def test_default_options_log_shift_and_leave_training_bit_for_bit(make_trainer, events, kind):
+@pytest.mark.parametrize("options", [{}, {"shift_every_n_steps": 2}], ids=["default", "every_2"])
+def test_probes_log_shift_and_leave_training_bit_for_bit(make_trainer, events, kind, options):
     _, plain, _ = fit(make_trainer, [], MODELS[kind])
-    diag = LayerDiagnostics()
+    diag = LayerDiagnostics(**options)
     trainer, probed, ours = fit(make_trainer, [diag], MODELS[kind])
     assert ours == []
     for layer in LAYERS[kind]:
         tags, series = shift_series(events, trainer, layer)
         assert sorted(series) == ["kl_step", "logvar_init", "mean_init"], layer
         steps = [s for s, _ in series["mean_init"]]
-        assert steps == [0, 2, 4], layer
+        # by default the probe after step 0 is due at step 100 (10x the interval, >= 100)
+        assert steps == ([0, 2, 4] if options else [0]), layer
         assert series["mean_init"][0][1] == 0.0  # the reference itself
-        assert series["mean_init"][-1][1] > 1e-4, layer  # a learning model shifts
+        if options:
+            assert series["mean_init"][-1][1] > 1e-4, layer  # a learning model shifts
     assert "health/shift_kl_step" in tags
     same_parameters(plain, probed)  # weights, BatchNorm statistics: unchanged by the probes
 
@@ -148,8 +151,8 @@ def test_the_probe_runs_training_step_with_logging_muted(make_trainer, events):
     _, plain, _ = fit(make_trainer, [], NoForward)
     assert GRAD_AT_STEP == [True] * STEPS
     trainer, _, _ = fit(make_trainer, [LayerDiagnostics()], NoForward)
-    # a no-grad probe before the training step of steps 0, 2 and 4
-    assert GRAD_AT_STEP == [False, True, True] * 3
+    # a no-grad probe before the training step of step 0 (the next one is due at step 100)
+    assert GRAD_AT_STEP == [False] + [True] * STEPS
     logged = events(trainer.logger.log_dir).Scalars("train_loss")
     plain_logged = events(plain.trainer.logger.log_dir).Scalars("train_loss")
     assert [(e.step, e.value) for e in logged] == [(e.step, e.value) for e in plain_logged]
@@ -177,7 +180,7 @@ def test_frozen_layers_do_not_shift_and_the_trained_head_does(make_trainer):
     assert scalars["shift/mean_init/net.6"] > 1e-4
 
 
-def test_a_given_probe_forward_wins_over_training_step(make_trainer):
+def test_a_given_probe_forward_wins_over_training_step(make_trainer, events):
     calls = []
 
     def probe_forward(module, batch):
@@ -185,10 +188,11 @@ def test_a_given_probe_forward_wins_over_training_step(make_trainer):
         return module.net(batch[0])
 
     diag = LayerDiagnostics(probe_forward=probe_forward)
-    _, _, ours = fit(make_trainer, [diag], NoForward)
+    trainer, _, ours = fit(make_trainer, [diag], NoForward)
     assert ours == [] and GRAD_AT_STEP == [True] * STEPS
-    assert calls == [torch.Size([16, 8])] * 3
-    assert "shift/mean_init/net.0" in diag.last_logged.scalars
+    assert calls == [torch.Size([16, 8])]  # step 0's probe
+    logged = events(trainer.logger.log_dir).Scalars("shift/mean_init/net.0")
+    assert [e.step for e in logged] == [0]
 
 
 def test_manual_optimization_without_forward_says_once_what_to_pass(make_trainer):
@@ -200,7 +204,9 @@ def test_manual_optimization_without_forward_says_once_what_to_pass(make_trainer
     assert "probe_forward=" in ours[0]
     assert not any(k.startswith("shift/") for k in diag.last_logged.scalars)
     same_parameters(plain, probed)  # the optimizer was not stepped by a probe
-    diag = LayerDiagnostics(probe_forward=lambda module, batch: module.net(batch[0]))
+    diag = LayerDiagnostics(
+        probe_forward=lambda module, batch: module.net(batch[0]), shift_every_n_steps=2
+    )
     _, _, ours = fit(make_trainer, [diag], ManualNoForward)
     assert ours == [] and "shift/mean_init/net.0" in diag.last_logged.scalars
 
@@ -261,12 +267,14 @@ def test_an_inference_tensor_attribute_from_validate_before_fit_is_preserved(mak
     make_trainer([], max_steps=1).validate(model, verbose=False)
     assert model.best_val.is_inference()
     diag = LayerDiagnostics()
+    logged = {}
+    diag.add_listener(lambda last: logged.setdefault(last.step, last.scalars))
     trainer = make_trainer([diag], max_steps=STEPS, log_every_n_steps=2, limit_val_batches=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model)
     assert [str(w.message) for w in caught if "ln-diagnostics" in str(w.message)] == []
-    assert "shift/mean_init/net.0" in diag.last_logged.scalars
+    assert "shift/mean_init/net.0" in logged[0]  # the default probe runs at step 0
 
 
 def test_attribute_bookkeeping_failures_are_reported_as_ours():

@@ -26,7 +26,12 @@ LR = 0.1  # large enough that θ_t − θ_{t+1} keeps its digits in float32
 #: run name -> (LayerDiagnostics options, max_steps)
 RUNS = {
     "default": ({}, 2),
-    "every_step": ({"every_n_steps": 1}, 11),  # histograms at steps 0 and 10
+    # histograms at steps 0 and 10, the shift probe every step (by default they would run at
+    # step 0 only in 11 steps: every 500 and 100 steps)
+    "every_step": (
+        {"every_n_steps": 1, "histogram_every_n_steps": 10, "shift_every_n_steps": 1},
+        11,
+    ),
     "grouped": ({"group_depth": 1}, 1),
     "mismatched": ({}, 1),  # rank 1 watches fewer modules: an error at setup, not a hang
 }

@@ -79,3 +79,22 @@ def test_an_empty_tensor_has_no_counts_and_neutral_extremes():
     floats, counts = histogram(torch.empty(0, 3), bucket_edges(torch.device("cpu")))
     assert floats.tolist() == [float("inf"), -float("inf"), 0.0, 0.0]
     assert counts.sum() == 0 and counts.numel() == bucket_edges(torch.device("cpu")).numel() + 1
+
+
+def test_bucket_index_is_bucketize_at_and_beside_every_edge():
+    """The arithmetic bucket index equals ``torch.bucketize`` for every edge, its float32
+    neighbours on both sides, signed zeros, infinities, NaN, values beyond the range and a wide
+    log-uniform sample."""
+    from ln_diagnostics.stats.histogram import bucket_index
+
+    edges = bucket_edges(torch.device("cpu"))
+    inf = torch.tensor(float("inf"))
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-30, -1e-30])
+    gen = torch.Generator().manual_seed(3)
+    wide = torch.randn(20000, generator=gen) * torch.logspace(-12, 12, 20000)
+    x = torch.cat([edges, edges.nextafter(inf), edges.nextafter(-inf), special, wide, -wide])
+    got = bucket_index(
+        x, edges, out=torch.empty(x.numel(), dtype=torch.int32), work=torch.empty(x.numel())
+    )
+    want = torch.bucketize(x, edges, out_int32=True)
+    assert torch.equal(got, want), x[got != want]
