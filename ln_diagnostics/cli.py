@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ln_diagnostics.diagnose import severity_rank
-from ln_diagnostics.tags import HEALTH, natural_key, parse_tag
+from ln_diagnostics.tags import HEALTH, clip, natural_key, parse_tag
 from ln_diagnostics.tensorboard.diagnosis import (
     diagnose_logdir,
     finding_results,
@@ -500,7 +500,7 @@ def _summary(args: argparse.Namespace) -> int:
             print()
         last_step = max(fold.last_step for fold in scalars.values())
         width = None if args.wide else SUMMARY_WIDTH
-        print(_clip(f"run {run} (latest values, last step {last_step})", width, keep="start"))
+        print(clip(f"run {run} (latest values, last step {last_step})", width, keep="start"))
         layers: dict[str, dict[str, float]] = {}
         columns: dict[str, None] = {}
         health: list[list[str]] = []
@@ -537,19 +537,6 @@ SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("UPD_RATIO", "updates/ratio"),
     ("BACKPROP", "backprop/norm"),
 )
-_ELLIPSIS = "..."
-
-
-def _clip(text: str, width: int | None, *, keep: str = "end") -> str:
-    """``text`` cut to ``width`` characters with ``...`` where it was cut; layer and tag names
-    keep their end (the most specific part), other lines their start."""
-    if width is None or len(text) <= width:
-        return text
-    if keep == "end":
-        return _ELLIPSIS + text[len(text) - width + len(_ELLIPSIS) :]
-    return text[: width - len(_ELLIPSIS)] + _ELLIPSIS
-
-
 def _fitted(
     label: str, labels: Sequence[str], rest: Sequence[int], width: int | None
 ) -> int | None:
@@ -577,7 +564,7 @@ def _layer_table(
     label_width = _fitted("LAYER", names, rest, width)
     text = _table(
         ["LAYER", *headers],
-        [[_clip(name, label_width), *row] for name, row in zip(names, cells, strict=True)],
+        [[clip(name, label_width), *row] for name, row in zip(names, cells, strict=True)],
     )
     hidden = len(columns) - len(chosen)
     if hidden:
@@ -592,7 +579,7 @@ def _scalar_table(label: str, rows: Sequence[Sequence[str]], width: int | None) 
         max(len(head), *(len(row[i]) for row in rows)) for i, head in ((1, "VALUE"), (2, "STEP"))
     ]
     tag_width = _fitted(label, [row[0] for row in rows], rest, width)
-    return _table([label, "VALUE", "STEP"], [[_clip(row[0], tag_width), *row[1:]] for row in rows])
+    return _table([label, "VALUE", "STEP"], [[clip(row[0], tag_width), *row[1:]] for row in rows])
 
 
 # ----------------------------------------------------------------------------- baseline

@@ -164,3 +164,22 @@ def natural_key(name: str) -> tuple[str | int, ...]:
     # re.split with a group alternates text and digit runs, so items at the same position
     # are always both str or both int
     return tuple(int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name)))
+
+
+def clip(text: str, width: int | None, *, keep: str = "end", ellipsis: str = "...") -> str:
+    """``text`` cut to ``width`` characters with ``ellipsis`` where it was cut.
+
+    Layer and tag names keep their end (the most specific part); other text (``keep="start"``)
+    its start. ``width=None`` leaves the text whole.
+
+    Example:
+        >>> clip("model.bert.encoder.layer.11.attention.self.query", 20)
+        '...ention.self.query'
+        >>> clip("run a (latest values)", 10, keep="start", ellipsis="…")
+        'run a (la…'
+    """
+    if width is None or len(text) <= width:
+        return text
+    if keep == "end":
+        return ellipsis + text[len(text) - width + len(ellipsis) :]
+    return text[: width - len(ellipsis)] + ellipsis

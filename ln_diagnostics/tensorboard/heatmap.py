@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ln_diagnostics.tags import clip
+
 __all__ = [
     "ACTIVATION_STD_SCALE",
     "BACKPROP_SCALE",
@@ -146,19 +148,11 @@ def _norm(scale: Scale) -> Any:
 MAX_LABEL_CHARS = 28
 
 
-def short_label(label: str, max_chars: int = MAX_LABEL_CHARS) -> str:
-    """``label`` cut from the left to at most ``max_chars`` characters.
-
-    Example:
-        >>> short_label("model.bert.encoder.layer.11.attention.self.query Linear", 20)
-        '…n.self.query Linear'
-    """
-    return label if len(label) <= max_chars else "…" + label[-(max_chars - 1) :]
-
-
 def _label_rows(axes: Any, labels: Sequence[str], font_size: float) -> None:
     rows = tick_positions(len(labels), 64)
-    axes.set_yticks(rows, [short_label(labels[r]) for r in rows], fontsize=font_size)
+    axes.set_yticks(
+        rows, [clip(labels[r], MAX_LABEL_CHARS, ellipsis="…") for r in rows], fontsize=font_size
+    )
 
 
 def _mark_stack(axes: Any, stack: tuple[int, int] | None, *, horizontal: bool) -> None:
@@ -308,7 +302,7 @@ def render_profiles(
             figure.suptitle(title, fontsize=7.0, x=0.02, ha="left")
         ticks = tick_positions(n, 40)
         font = 5.5 if len(ticks) <= 24 else 4.5
-        labels = [short_label(layer_labels[k]) for k in ticks]
+        labels = [clip(layer_labels[k], MAX_LABEL_CHARS, ellipsis="…") for k in ticks]
         axes_list[-1].set_xticks(ticks, labels, rotation=90, fontsize=font)
         axes_list[-1].set_xlabel("layer, forward order (dashed: the hidden stack)")
 
