@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import math
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ln_diagnostics.diagnose import severity_rank
-from ln_diagnostics.tags import HEALTH, clip, natural_key, parse_tag
+from ln_diagnostics.tags import HEALTH, clip, matches, natural_key, parse_tag
 from ln_diagnostics.tensorboard.diagnosis import (
     diagnose_logdir,
     finding_results,
@@ -390,12 +389,12 @@ def _pair_runs(
 
 def _compare(args: argparse.Namespace) -> int:
     globs = args.tags or ["*"]
-    base_runs, base_tags = _read_folds(args, args.baseline, lambda tag: _selected(tag, globs))
-    cand_runs, cand_tags = _read_folds(args, args.candidate, lambda tag: _selected(tag, globs))
+    base_runs, base_tags = _read_folds(args, args.baseline, lambda tag: matches(tag, globs))
+    cand_runs, cand_tags = _read_folds(args, args.candidate, lambda tag: matches(tag, globs))
     pairs = _pair_runs(base_runs, cand_runs, args)
     all_tags = base_tags | cand_tags
     for glob in globs:
-        if not any(fnmatch.fnmatchcase(tag, glob) for tag in all_tags):
+        if not any(matches(tag, [glob]) for tag in all_tags):
             close = closest_tags(glob, all_tags)
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise InputError(f"--tags {glob!r} matches no scalar tag on either side{hint}")
@@ -486,10 +485,6 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_FAIL if differing else EXIT_OK
 
 
-def _selected(tag: str, globs: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(tag, glob) for glob in globs)
-
-
 # ----------------------------------------------------------------------------- summary
 
 
@@ -537,6 +532,8 @@ SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("UPD_RATIO", "updates/ratio"),
     ("BACKPROP", "backprop/norm"),
 )
+
+
 def _fitted(
     label: str, labels: Sequence[str], rest: Sequence[int], width: int | None
 ) -> int | None:

@@ -20,6 +20,8 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
 from typing import NamedTuple
 
 ACTIVATIONS = "activations"
@@ -183,3 +185,25 @@ def clip(text: str, width: int | None, *, keep: str = "end", ellipsis: str = "..
     if keep == "end":
         return ellipsis + text[len(text) - width + len(ellipsis) :]
     return text[: width - len(ellipsis)] + ellipsis
+
+
+def matches(name: str, globs: Iterable[str], *, subtree: bool = False) -> bool:
+    """Whether ``name`` (a tag, a module name or a finding kind) matches one of ``globs``.
+
+    Globs are :func:`fnmatch.fnmatchcase` patterns: case-sensitive, ``*`` also crosses ``.`` and
+    ``/``. With ``subtree=True`` a glob that names a module's ancestor matches the module too, so
+    ``"encoder"`` stands for ``encoder.layers.0.linear1``.
+
+    Example:
+        >>> matches("gradients/norm/net.3", ["gradients/*"])
+        True
+        >>> name = "encoder.layers.0"
+        >>> matches(name, ["encoder"]), matches(name, ["encoder"], subtree=True)
+        (False, True)
+    """
+    patterns = tuple(globs)
+    names = [name]
+    if subtree:
+        parts = name.split(".")
+        names += [".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)]
+    return any(fnmatchcase(n, pattern) for n in names for pattern in patterns)

@@ -9,7 +9,6 @@ with logging muted, ``training_step`` as the shift probe's forward pass for a mo
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from ln_diagnostics.collect.probing import (
 )
 from ln_diagnostics.collect.selection import plain_name
 from ln_diagnostics.collect.shift import ShiftProbe
-from ln_diagnostics.tags import layer_name
+from ln_diagnostics.tags import layer_name, matches
 
 #: Layers measured by ICS when ``ics_layers`` is not given.
 DEFAULT_ICS_LAYERS = 4
@@ -288,7 +287,7 @@ class Probes:
             candidates = [
                 (name, m)
                 for name, m in named
-                if any(fnmatch.fnmatchcase(name, g) for g in opts.ics_layers)
+                if matches(name, opts.ics_layers, subtree=True)
                 and any(p.requires_grad for p in m.parameters())
             ]
             if not candidates:

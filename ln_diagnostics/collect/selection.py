@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ln_diagnostics.stats.moments import Saturation
+from ln_diagnostics.tags import matches
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
@@ -111,14 +111,6 @@ def _rule(types: tuple[type, ...] | None) -> Callable[[nn.Module], bool]:
     return _default_pick if types is None else (lambda module: isinstance(module, types))
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    """True when ``name`` or one of its ancestors' names matches a glob: a glob that names a
-    container stands for its whole subtree."""
-    parts = name.split(".")
-    lineage = [name] + [".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)]
-    return any(fnmatch.fnmatchcase(n, pattern) for n in lineage for pattern in patterns)
-
-
 def select_modules(
     model: nn.Module,
     *,
@@ -138,9 +130,9 @@ def select_modules(
     wanted = _rule(types)
     for name, module in model.named_modules():
         name = plain_name(name)
-        if not wanted(module) or (include and not _matches(name, include)):
+        if not wanted(module) or (include and not matches(name, include, subtree=True)):
             continue
-        if exclude and _matches(name, exclude):
+        if exclude and matches(name, exclude, subtree=True):
             continue
         picked.append((name, module))
     return picked
@@ -173,7 +165,9 @@ def parameter_owners(
     owners = []
     for name, module in model.named_modules():
         name = plain_name(name)
-        if (include and not _matches(name, include)) or (exclude and _matches(name, exclude)):
+        if (include and not matches(name, include, subtree=True)) or (
+            exclude and matches(name, exclude, subtree=True)
+        ):
             continue
         own = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
         seen.update(id(p) for p in own)
@@ -219,16 +213,12 @@ def no_match_message(
     named = [(plain_name(name), m) for name, m in model.named_modules() if name]
     wanted = _rule(types)
     candidates = [(name, m) for name, m in named if wanted(m)]
-    named_by_glob = [
-        (name, m)
-        for name, m in named
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in include)
-    ]
+    named_by_glob = [(name, m) for name, m in named if matches(name, include)]
     if include and not named_by_glob:
         reason = "include matched no module name"
     elif not candidates:
         reason = f"the model has no module {rule}"
-    elif include and not any(_matches(name, include) for name, _ in candidates):
+    elif include and not any(matches(name, include, subtree=True) for name, _ in candidates):
         shown = ", ".join(f"{name} ({type(m).__name__})" for name, m in named_by_glob[:limit])
         reason = f"include matched {shown}, but no module {rule} lies in its subtree"
     else:

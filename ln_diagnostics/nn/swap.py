@@ -23,7 +23,6 @@ its ``drop``/``act`` children; otherwise :func:`swap_batchnorm` raises before ch
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -37,6 +36,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parallel import DistributedDataParallel
 
 from ln_diagnostics.nn.norms import ChannelLayerNorm, ChannelRMSNorm
+from ln_diagnostics.tags import matches
 
 __all__ = ["NormAct", "SwapEntry", "SwapReport", "SwapTarget", "swap_batchnorm"]
 
@@ -359,10 +359,6 @@ def _has_hooks(module: nn.Module) -> bool:
     return any(getattr(module, n, None) for n in names)
 
 
-def _matches(names: Sequence[str], patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
-
-
 def _refuse_ddp(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, DistributedDataParallel):
@@ -420,7 +416,8 @@ def swap_batchnorm(
             ``"groupnorm"`` (``nn.GroupNorm(1, C)``) or ``"rmsnorm"``
             (:class:`~ln_diagnostics.nn.norms.ChannelRMSNorm`).
         include: glob(s) over qualified module names (``fnmatch``, case-sensitive, ``*`` also
-            matches dots); only matching BatchNorm layers are swapped. ``None``: all.
+            matches dots; a glob naming a container stands for all of it, as in
+            ``LayerDiagnostics``); only matching BatchNorm layers are swapped. ``None``: all.
         exclude: glob(s); matching layers are left alone, even if included.
         copy_affine: copy ``γ``/``β`` when both layers are affine; otherwise the new layer
             starts at ``γ = 1, β = 0``.
@@ -469,8 +466,8 @@ def swap_batchnorm(
     selected = [
         key
         for key, names in names_of.items()
-        if (include_p is None or _matches(names, include_p))
-        and not (exclude_p is not None and _matches(names, exclude_p))
+        if (include_p is None or any(matches(n, include_p, subtree=True) for n in names))
+        and not (exclude_p is not None and any(matches(n, exclude_p, subtree=True) for n in names))
     ]
 
     # Check everything before changing anything.

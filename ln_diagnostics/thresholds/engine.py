@@ -38,6 +38,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ln_diagnostics.tags import matches as glob_matches
 from ln_diagnostics.thresholds.rules import Rule
 
 Point = tuple[int, float]
@@ -132,7 +133,7 @@ def matches(rule: Rule, tag: str) -> bool:
         >>> matches(Rule(tag="gradients/*", max=1.0), "gradients/norm/encoder.0")
         True
     """
-    return fnmatch.fnmatchcase(tag, rule.tag)
+    return glob_matches(tag, [rule.tag])
 
 
 def _band_of(low: float | None, high: float | None) -> tuple[float, float]:

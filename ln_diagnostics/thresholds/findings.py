@@ -16,10 +16,10 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Sequence
 
 from ln_diagnostics.diagnose import Finding
+from ln_diagnostics.tags import matches
 from ln_diagnostics.thresholds.engine import RuleResult
 from ln_diagnostics.thresholds.rules import Rule
 
@@ -28,7 +28,7 @@ def finding_matches(rule: Rule, finding: Finding) -> bool:
     """Whether ``finding`` makes the finding rule ``rule`` fail."""
     if finding.kind == "healthy" and rule.finding != "healthy":
         return False
-    return fnmatch.fnmatchcase(finding.kind, rule.finding) and finding.last_step >= rule.after_step
+    return matches(finding.kind, [rule.finding]) and finding.last_step >= rule.after_step
 
 
 def evaluate_findings(rules: Iterable[Rule], findings: Sequence[Finding]) -> list[RuleResult]:

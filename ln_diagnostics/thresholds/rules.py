@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import os
 import re
@@ -37,6 +36,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+
+from ln_diagnostics.tags import matches
 
 try:
     import tomllib
@@ -216,7 +217,7 @@ def _parse_finding(raw: Mapping[str, Any], where: str, name: str) -> Rule:
     from ln_diagnostics.diagnose import KINDS
 
     pattern = raw["finding"]
-    if not isinstance(pattern, str) or not any(fnmatch.fnmatchcase(k, pattern) for k in KINDS):
+    if not isinstance(pattern, str) or not any(matches(k, [pattern]) for k in KINDS):
         raise RuleError(
             f"{where}: key 'finding' must be a finding kind or a glob over them "
             f"({', '.join(KINDS)}); got {_type_name(pattern)} {pattern!r}"
