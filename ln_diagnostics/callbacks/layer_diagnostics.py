@@ -17,7 +17,7 @@ from ln_diagnostics.callbacks._dashboard import (
     start_dashboard,
     write_run_summary,
 )
-from ln_diagnostics.callbacks._diagnosis import Diagnosis, console_report
+from ln_diagnostics.engine.diagnosis import Diagnosis, console_report
 from ln_diagnostics.callbacks._logger import describe_loggers, tensorboard_writer
 from ln_diagnostics.callbacks._probes import ProbeOptions, Probes
 from ln_diagnostics.collect.collector import Collector
