@@ -53,6 +53,7 @@ from ln_diagnostics.collect.packing import (
     pack_backprop,
     pack_histograms,
     pack_norms,
+    rank,
 )
 from ln_diagnostics.collect.records import StepReport
 from ln_diagnostics.collect.reduce import Layers, Reduction
@@ -273,6 +274,8 @@ class Collector:
         if ids == self._param_ids:
             return
         self._params, self._param_ids = params, ids
+        dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor exists
+        self._sharded = dtensor is not None and any(isinstance(p, dtensor.DTensor) for p in params)
         position = {pid: j for j, pid in enumerate(ids)}
         owned = [module_parameters(m) for m in self.modules] + [
             [getattr(module, name) for module, name in slots] for slots in self._owner_slots
@@ -429,6 +432,8 @@ class Collector:
         self, indices: Iterable[int], read: Callable[[Tensor], Tensor]
     ) -> dict[int, Tensor]:
         """``read(parameter)`` at ``indices``: the part this rank counts, where it counts one."""
+        if not self._sharded:  # plain tensors only: rank 0 counts them all (see counted_part)
+            return {j: read(self._params[j]) for j in indices} if rank() == 0 else {}
         parts = {j: counted_part(read(self._params[j])) for j in indices}
         return {j: t for j, t in parts.items() if t is not None}
 
