@@ -105,10 +105,9 @@ class Diagnostics:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (call before the first step of the resumed loop)."""
+        self.engine.cancel_step()
         self.engine.load_state_dict(state)
         self.global_step = int(state.get("global_step", self.global_step))
-        if self.engine.step_open:
-            self.engine.end_step()
         self.engine.begin_step(self.global_step)
 
     def __enter__(self) -> Diagnostics:

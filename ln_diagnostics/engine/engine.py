@@ -173,11 +173,6 @@ class Engine:
         """Whether the engine is set up and its hooks are on the model."""
         return self._active
 
-    @property
-    def step_open(self) -> bool:
-        """Whether a step began and has not ended."""
-        return self._step is not None
-
     def begin_step(self, step: int, batch: Any = _NO_BATCH, batch_idx: int = 0) -> None:
         """Optimizer step ``step`` begins: before its first forward pass."""
         if not self._active or self.collector is None or self.schedule is None:
@@ -226,6 +221,13 @@ class Engine:
         if report is not None:
             self._emit(report)
         return report
+
+    def cancel_step(self) -> None:
+        """Drop the open step without measuring or emitting it (a loop about to resume)."""
+        if self._active and self.collector is not None and self._step is not None:
+            self.collector.end_step()
+            self.probes.end()
+            self._step = None
 
     @contextmanager
     def paused(self) -> Iterator[None]:
