@@ -198,22 +198,7 @@ def attach(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    options = DiagnosticsOptions.create(
-        every_n_steps=every_n_steps,
-        histogram_every_n_steps=histogram_every_n_steps,
-        types=types,
-        include=include,
-        exclude=exclude,
-        track_updates=track_updates,
-        shift_every_n_steps=shift_every_n_steps,
-        ics_every_n_steps=ics_every_n_steps,
-        probe_batch=probe_batch,
-        probe_forward=probe_forward,
-        ics_layers=ics_layers,
-        ics_loss=ics_loss,
-        group_depth=group_depth,
-        diagnosis=diagnosis,
-    )
+    options = DiagnosticsOptions.from_arguments(locals())
     if options.every_n_steps is None:
         raise ValueError("every_n_steps must be an integer >= 1; got None")
     if writer is not None and not hasattr(writer, "_get_file_writer"):

@@ -119,22 +119,7 @@ class LayerDiagnostics(pl.Callback):
         group_depth: int | None = None,
         diagnosis: bool = True,
     ) -> None:
-        self.options = DiagnosticsOptions.create(
-            every_n_steps=every_n_steps,
-            histogram_every_n_steps=histogram_every_n_steps,
-            types=types,
-            include=include,
-            exclude=exclude,
-            track_updates=track_updates,
-            shift_every_n_steps=shift_every_n_steps,
-            ics_every_n_steps=ics_every_n_steps,
-            probe_batch=probe_batch,
-            probe_forward=probe_forward,
-            ics_layers=ics_layers,
-            ics_loss=ics_loss,
-            group_depth=group_depth,
-            diagnosis=diagnosis,
-        )
+        self.options = DiagnosticsOptions.from_arguments(locals())
         self.every_n_steps = self.options.every_n_steps
         self.histogram_every_n_steps = self.options.histogram_every_n_steps
         self.group_depth = self.options.group_depth

@@ -135,3 +135,22 @@ def test_unwrap_sees_through_fabric_and_data_parallel():
     assert unwrap(wrapped) is net and unwrap(nn.DataParallel(net)) is net
     with attach(wrapped, diagnosis=False) as diag:
         assert diag.collector.modules == [net]  # no wrapper segment in the names
+
+
+def test_attach_and_the_callback_take_the_same_options_with_the_same_defaults():
+    import inspect
+
+    from ln_diagnostics.callbacks import LayerDiagnostics
+    from ln_diagnostics.engine.options import OPTION_NAMES, DiagnosticsOptions
+
+    def options(fn, skip):
+        params = inspect.signature(fn).parameters.values()
+        return {p.name: p.default for p in params if p.name not in skip}
+
+    callback = options(LayerDiagnostics.__init__, {"self"})
+    plain = options(attach, {"model", "writer"})
+    assert tuple(callback) == tuple(plain) == OPTION_NAMES
+    assert {**plain, "every_n_steps": None} == callback  # a plain loop has no Trainer default
+    assert DiagnosticsOptions.create().as_dict() == {**callback, "include": (), "exclude": ()}
+    with pytest.raises(TypeError, match="unknown options \\['every'\\]"):
+        DiagnosticsOptions.create(every=5)
