@@ -10,14 +10,13 @@ from typing import Any
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from ln_diagnostics.collect.records import LoggedScalars, StepReport
-from ln_diagnostics.diagnose import Finding
-from ln_diagnostics.engine.engine import Engine
+from ln_diagnostics.collect.records import StepReport
+from ln_diagnostics.engine.engine import Engine, EngineFront
 from ln_diagnostics.engine.host import Host
 from ln_diagnostics.engine.options import DiagnosticsOptions
 
 
-class Diagnostics:
+class Diagnostics(EngineFront):
     """The handle returned by :func:`attach`; a context manager that detaches on exit.
 
     Per optimizer step call ``before_optimizer_step()`` after ``backward()`` (and after
@@ -46,24 +45,10 @@ class Diagnostics:
         engine.begin_step(0)
 
     @property
-    def last_logged(self) -> LoggedScalars | None:
-        """The scalars of the most recent logging step, or ``None``."""
-        return self.engine.last_logged
-
-    @property
-    def n_logged(self) -> int:
-        """How many steps have logged."""
-        return self.engine.n_logged
-
-    @property
     def collector(self) -> Any:
         """The :class:`~ln_diagnostics.collect.collector.Collector` (its ``names`` and
         ``modules`` are the watched layers); it keeps no hook after :meth:`detach`."""
         return self.engine.collector
-
-    def add_listener(self, listener: Callable[[LoggedScalars], None]) -> None:
-        """Call ``listener(last_logged)`` after every logging step."""
-        self.engine.add_listener(listener)
 
     def batch(self, batch: Any) -> None:
         """Hand over this step's batch before its forward pass: the shift probe then runs on the
@@ -87,10 +72,6 @@ class Diagnostics:
         """No hooks of ours run inside the block: wrap an evaluation inside the training loop."""
         with self.engine.paused():
             yield
-
-    def diagnose(self) -> list[Finding]:
-        """The findings on the statistics logged so far (empty with ``diagnosis=False``)."""
-        return self.engine.diagnose()
 
     def detach(self) -> None:
         """Write the last pictures and the diagnosis (rank 0 prints its findings table), remove

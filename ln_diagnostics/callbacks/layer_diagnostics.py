@@ -16,9 +16,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from ln_diagnostics.callbacks._host import LightningHost
 from ln_diagnostics.callbacks._logger import describe_loggers, tensorboard_writer
 from ln_diagnostics.collect.options import histogram_interval
-from ln_diagnostics.collect.records import LoggedScalars
-from ln_diagnostics.diagnose import Finding
-from ln_diagnostics.engine.engine import Engine
+from ln_diagnostics.engine.engine import Engine, EngineFront
 from ln_diagnostics.engine.options import DiagnosticsOptions
 from ln_diagnostics.tensorboard.summary_text import find_swap_report
 
@@ -34,7 +32,7 @@ def model_hparams(trainer: Any, pl_module: Any) -> dict[str, Any]:
     return merged
 
 
-class LayerDiagnostics(pl.Callback):
+class LayerDiagnostics(EngineFront, pl.Callback):
     """Stream per-layer activation, gradient, parameter and update statistics to TensorBoard.
 
     Statistics are a snapshot of the logging step (all forward calls and micro-batches of that
@@ -129,16 +127,6 @@ class LayerDiagnostics(pl.Callback):
         self._paused = ExitStack()
 
     @property
-    def last_logged(self) -> LoggedScalars | None:
-        """The scalars of the most recent logging step (read by ``DiagnosticThresholds``)."""
-        return self.engine.last_logged
-
-    @property
-    def n_logged(self) -> int:
-        """How many steps have logged, over resumed runs too."""
-        return self.engine.n_logged
-
-    @property
     def state_key(self) -> str:
         """Distinct for callbacks with different options, so that several ``LayerDiagnostics``
         in one Trainer keep their own state in a checkpoint. Options at their default value are
@@ -161,25 +149,6 @@ class LayerDiagnostics(pl.Callback):
             exclude=opts.exclude,
             **{name: value for name, value in optional.items() if value is not None},
         )
-
-    def add_listener(self, listener: Callable[[LoggedScalars], None]) -> None:
-        """Call ``listener(last_logged)`` after every emitted step, once it is written.
-
-        Example:
-            >>> diag = LayerDiagnostics()
-            >>> seen = []
-            >>> diag.add_listener(seen.append)
-            >>> diag.remove_listener(seen.append)
-        """
-        self.engine.add_listener(listener)
-
-    def remove_listener(self, listener: Callable[[LoggedScalars], None]) -> None:
-        """Stop calling ``listener``; unknown listeners are ignored."""
-        self.engine.remove_listener(listener)
-
-    def diagnose(self) -> list[Finding]:
-        """The findings on the statistics logged so far (empty with ``diagnosis=False``)."""
-        return self.engine.diagnose()
 
     # ------------------------------------------------------------------ set-up and tear-down
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -294,3 +294,41 @@ class Engine:
         self._diagnosis_state = dict(state.get("diagnosis", {}))
         if self.diagnosis is not None:
             self.diagnosis.load_state_dict(self._diagnosis_state)
+
+
+class EngineFront:
+    """What every front end offers over its :attr:`engine`: the last report, the count of logged
+    steps, listeners and the findings."""
+
+    engine: Engine
+
+    @property
+    def last_logged(self) -> LoggedScalars | None:
+        """The scalars of the most recent logging step (read by ``DiagnosticThresholds``), or
+        ``None``."""
+        return self.engine.last_logged
+
+    @property
+    def n_logged(self) -> int:
+        """How many steps have logged, over resumed runs too."""
+        return self.engine.n_logged
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(last_logged)`` after every emitted step, once it is written.
+
+        Example:
+            >>> from ln_diagnostics.callbacks import LayerDiagnostics
+            >>> diag = LayerDiagnostics()
+            >>> seen = []
+            >>> diag.add_listener(seen.append)
+            >>> diag.remove_listener(seen.append)
+        """
+        self.engine.add_listener(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``; unknown listeners are ignored."""
+        self.engine.remove_listener(listener)
+
+    def diagnose(self) -> list[Finding]:
+        """The findings on the statistics logged so far (empty with ``diagnosis=False``)."""
+        return self.engine.diagnose()
