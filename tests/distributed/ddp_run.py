@@ -5,8 +5,9 @@ per entry of ``RUNS``, each into ``OUT_DIR/<run>/``: ``LayerDiagnostics()`` with
 first, then the options under test. Each rank trains on its own data (rank r's samples are
 shifted by 3r) and saves its step-0 batch to ``OUT_DIR/<run>/batch{r}.pt``; rank 0 saves the
 initial weights to ``OUT_DIR/<run>/init.pt`` and each rank the float64 total norm of its
-(averaged) gradients at every step to ``OUT_DIR/<run>/norms{r}.pt``. Only rank 1 runs ``only_rank1``, so that a module
-that ran on one rank and not the other is exercised. Warnings of ours are counted per rank.
+(averaged) gradients at every step to ``OUT_DIR/<run>/norms{r}.pt``. Only rank 1 runs
+``only_rank1``, so that a module that ran on one rank and not the other is exercised. Warnings of
+ours are counted per rank.
 """
 
 import os
