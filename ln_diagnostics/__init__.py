@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ln_diagnostics.errors import ThresholdViolation
+from ln_diagnostics.errors import ArgumentError, ThresholdViolation
 
 if TYPE_CHECKING:
     from ln_diagnostics.attach import attach
@@ -21,7 +21,7 @@ _LAZY = {
     "swap_batchnorm": "ln_diagnostics.nn.swap",
 }
 
-__all__ = ["SwapReport", "ThresholdViolation", "attach", "swap_batchnorm"]
+__all__ = ["ArgumentError", "SwapReport", "ThresholdViolation", "attach", "swap_batchnorm"]
 __version__ = "0.1.0"
 
 

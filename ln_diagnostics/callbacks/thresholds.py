@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 
+from ln_diagnostics._validate import check_choice
 from ln_diagnostics.errors import ThresholdViolation
 from ln_diagnostics.tags import natural_key
 from ln_diagnostics.thresholds.engine import (
@@ -93,11 +94,7 @@ class DiagnosticThresholds(pl.Callback):
         on_violation: OnViolation = "raise",
     ) -> None:
         super().__init__()
-        if on_violation not in ON_VIOLATION_CHOICES:
-            raise ValueError(
-                f"DiagnosticThresholds: on_violation must be one of "
-                f"{', '.join(repr(c) for c in ON_VIOLATION_CHOICES)}; got {on_violation!r}"
-            )
+        check_choice("on_violation", on_violation, ON_VIOLATION_CHOICES)
         try:
             if isinstance(rules, (str, os.PathLike)):
                 self.rules: tuple[Rule, ...] = load_rules(rules)
