@@ -5,31 +5,15 @@ import math
 
 import pytest
 import torch
-from pytorch_lightning import LightningModule, seed_everything
-from torch import nn
+from pytorch_lightning import seed_everything
 
 from ln_diagnostics.callbacks import DiagnosticThresholds, LayerDiagnostics
+from tests.reliability.conftest import MLP
 
 EPOCH = 4  # steps of the first run
 # One batch per epoch, the same every step: Lightning's bookkeeping of where a resumed run is in
 # its epoch cannot change which data a step sees, so resumed values must equal uninterrupted ones.
 ONE_BATCH = {"n": 8, "batch_size": 8}
-
-
-class MLP(LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
 def diagnostics():
