@@ -12,7 +12,6 @@ from ln_diagnostics.thresholds.engine import (
     RunEvaluator,
     SeriesFold,
     closest_tags,
-    describe_unmatched,
     evaluate,
     evaluate_series,
     is_settled,
@@ -205,14 +204,26 @@ def test_evaluate_orders_results_and_reports_unmatched():
     assert not evaluation.passed
 
 
+def _run_of(rules, series):
+    run = RunEvaluator(RuleIndex(rules))
+    for tag, points in series.items():
+        add = run.sink(tag)
+        for step, value in points if add else ():
+            add(step, value)
+    return run
+
+
 def test_closest_and_describe_unmatched():
     tags = ["gradients/norm/net.0", "activations/std/net.0", "health/grad_norm_total"]
     assert closest_tags("gradients/nrm/*", tags)[0] == "gradients/norm/net.0"
     assert closest_tags("zzz", tags) == []
     series = {tag: [(0, 1.0), (7, 1.0)] for tag in tags}
-    message = describe_unmatched(Rule(tag="gradients/nrm/*", max=1.0), series)
+    typo, late = Rule(tag="gradients/nrm/*", max=1.0), Rule(tag="health/*", max=1.0, after_step=50)
+    run = _run_of([typo, late], series)
+    message = run.describe_unmatched(typo)
     assert message.startswith("rule 'gradients/nrm/*' matches no scalar tag; closest: grad")
-    message = describe_unmatched(Rule(tag="health/*", max=1.0, after_step=50), series)
+    message = run.describe_unmatched(late)
     assert "matches 1 tag but none has a point at step >= after_step = 50" in message
     assert "(last logged step: 7)" in message
-    assert describe_unmatched(Rule(tag="x", max=1.0), {}).endswith("no scalar tags at all")
+    lonely = Rule(tag="x", max=1.0)
+    assert _run_of([lonely], {}).describe_unmatched(lonely).endswith("no scalar tags at all")
