@@ -209,6 +209,11 @@ class DiagnosticThresholds(pl.Callback):
             if rule.optional or rule.key in self._unmatched_warned:
                 continue
             self._unmatched_warned.add(rule.key)
+            if rule.finding:
+                reason += (
+                    ": no source offers diagnose() with its diagnosis on (LayerDiagnostics() "
+                    "does; `ln-diagnostics check` diagnoses the event files)"
+                )
             if trainer.is_global_zero:
                 warnings.warn(
                     f"DiagnosticThresholds: {reason} (set optional = true if that is expected)",
@@ -241,7 +246,7 @@ class DiagnosticThresholds(pl.Callback):
         incomplete = self.evaluator.load_state_dict(state_dict)
         if incomplete:
             rank_zero_warn(
-                "DiagnosticThresholds: the checkpoint holds no points of "
-                f"{', '.join(repr(rule.label) for rule in incomplete)} before the resume (the "
-                "rules changed since it was written); they are judged on the points from now"
+                "DiagnosticThresholds: the checkpoint was written with other threshold rules; "
+                f"{', '.join(repr(rule.label) for rule in incomplete)} count only the points "
+                "logged from the resume on"
             )

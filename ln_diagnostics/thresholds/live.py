@@ -80,7 +80,7 @@ class Violation:
             self.rule.label,
             worst.tag,
             worst.value,
-            worst.bound if over == "all" else f"{worst.bound}, over {over}",
+            self.rule.bound_text if over == "all" else f"{self.rule.bound_text}, over {over}",
             worst.step,
             failing=sorted((result.tag for result in self.failures), key=natural_key),
         )

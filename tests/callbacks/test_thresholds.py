@@ -216,7 +216,9 @@ def test_rules_changed_since_the_checkpoint_warn_that_earlier_points_are_missing
         {"tag": "health/grad_norm_total", "max": 1.0},  # a tag not seen before: nothing lost
     ]
     after = DiagnosticThresholds(rules)
-    with pytest.warns(UserWarning, match="no points of 'health/loss', 'parameters/norm/\\*' "):
+    with pytest.warns(
+        UserWarning, match="other threshold rules; 'health/loss', 'parameters/norm/\\*' count only"
+    ):
         after.load_state_dict(before.state_dict())
     [kept] = [r for r in after.evaluator.results() if r.rule.max == 10.0]
     assert (kept.points, kept.value) == (1, 5.0)
@@ -297,3 +299,19 @@ def test_end_to_end_with_layer_diagnostics_and_cli(tmp_path, capsys):
     assert "GRAD_NORM" in capsys.readouterr().out
     assert main(["summary", str(logdir), "--wide"]) == 0
     assert "gradients/norm" in capsys.readouterr().out
+
+
+def test_a_finding_rule_without_a_diagnosis_warns_instead_of_passing(make_trainer):
+    # LayerDiagnostics(diagnosis=False) finds nothing because it does not look: that is no pass
+    from ln_diagnostics.callbacks import LayerDiagnostics
+
+    thresholds = DiagnosticThresholds([{"finding": "*"}])
+    trainer = make_trainer(
+        [LayerDiagnostics(diagnosis=False), thresholds], max_steps=2, log_every_n_steps=1
+    )
+    with pytest.warns(
+        UserWarning, match="rule 'finding \\*' was given no diagnosis to judge: "
+    ) as rec:
+        trainer.fit(SgdModel(0.01))
+    assert len([w for w in rec if "DiagnosticThresholds" in str(w.message)]) == 1
+    assert thresholds.evaluator.results() == []
