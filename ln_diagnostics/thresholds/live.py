@@ -86,6 +86,14 @@ class Violation:
         )
 
 
+def _by_rule(failures: Iterable[RuleResult]) -> list[Violation]:
+    """One violation per rule, holding its failures in the order given."""
+    by_key: dict[str, list[RuleResult]] = {}
+    for result in failures:
+        by_key.setdefault(result.rule.key, []).append(result)
+    return [Violation(found[0].rule, tuple(found)) for found in by_key.values()]
+
+
 class LiveEvaluator:
     """Evaluate threshold rules on one run's values as they are logged.
 
@@ -118,8 +126,7 @@ class LiveEvaluator:
         Every point counts, as it does in the event file ``check`` reads: two sources logging
         one tag at one step give two points.
         """
-        failing: dict[str, list[RuleResult]] = {}
-        rules: dict[str, Rule] = {}
+        settled: list[RuleResult] = []
         for tag, raw in scalars.items():
             add = self._run.sink(tag)
             if add is None:
@@ -133,9 +140,8 @@ class LiveEvaluator:
                     continue
                 result = fold.result(rule, tag)
                 if is_settled(result):
-                    failing.setdefault(rule.key, []).append(result)
-                    rules[rule.key] = rule
-        return self._report(Violation(rules[key], tuple(found)) for key, found in failing.items())
+                    settled.append(result)
+        return self._report(_by_rule(settled))
 
     def add_findings(self, findings: Sequence[Finding]) -> list[Violation]:
         """Judge the ``finding`` rules on a diagnosis; returns the rules it fails."""
@@ -146,13 +152,8 @@ class LiveEvaluator:
 
     def finish(self) -> list[Violation]:
         """Decide the aggregates on the whole run; returns the rules that fail."""
-        failing: dict[str, list[RuleResult]] = {}
-        rules: dict[str, Rule] = {}
-        for result in self._run.evaluation().results:
-            if result.rule.over != "all" and not result.passed:
-                failing.setdefault(result.rule.key, []).append(result)
-                rules[result.rule.key] = result.rule
-        return self._report(Violation(rules[key], tuple(found)) for key, found in failing.items())
+        results = self._run.evaluation().results
+        return self._report(_by_rule(r for r in results if r.rule.over != "all" and not r.passed))
 
     def _report(self, violations: Iterable[Violation]) -> list[Violation]:
         new = []
