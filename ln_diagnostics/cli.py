@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ln_diagnostics._table import text_table
 from ln_diagnostics.diagnose import severity_rank
 from ln_diagnostics.tags import HEALTH, clip, matches, natural_key, parse_tag
 from ln_diagnostics.tensorboard.diagnosis import (
@@ -79,15 +80,6 @@ def _fmt(value: float) -> str:
 def _json_number(value: float) -> float | str:
     """JSON has no NaN or infinity: non-finite values become ``"nan"``, ``"inf"``, ``"-inf"``."""
     return value if math.isfinite(value) else str(value)
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    rows = [list(headers), *(list(row) for row in rows)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
 
 
 def _write_text(path: str, text: str, what: str) -> None:
@@ -196,7 +188,7 @@ def _ordered(
 def _check_table(results: Sequence[tuple[str, RuleResult]]) -> str:
     """One row per (run, tag); FIRST is the step of the first point beyond a bound and
     CROSSINGS how many points were (``-`` and 0 for a rule that passed)."""
-    return _table(
+    return text_table(
         ["RULE", "RUN", "TAG", "VALUE", "STEP", "FIRST", "CROSSINGS", "BOUND", "OVER", "RESULT"],
         [
             [
@@ -437,7 +429,7 @@ def _compare(args: argparse.Namespace) -> int:
         if args.failures_only:
             rows = [row for row in rows if row[-1] == "DIFF"]
         if rows:
-            print(_table(["TAG", "BASELINE", "CANDIDATE", "DELTA", "REL", "RESULT"], rows))
+            print(text_table(["TAG", "BASELINE", "CANDIDATE", "DELTA", "REL", "RESULT"], rows))
         elif not common:
             print("(no tag in common)")
         if only_base:
@@ -559,7 +551,7 @@ def _layer_table(
     cells = [[digits(layers[n][c]) if c in layers[n] else "-" for c in chosen] for n in names]
     rest = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
     label_width = _fitted("LAYER", names, rest, width)
-    text = _table(
+    text = text_table(
         ["LAYER", *headers],
         [[clip(name, label_width), *row] for name, row in zip(names, cells, strict=True)],
     )
@@ -576,7 +568,9 @@ def _scalar_table(label: str, rows: Sequence[Sequence[str]], width: int | None) 
         max(len(head), *(len(row[i]) for row in rows)) for i, head in ((1, "VALUE"), (2, "STEP"))
     ]
     tag_width = _fitted(label, [row[0] for row in rows], rest, width)
-    return _table([label, "VALUE", "STEP"], [[clip(row[0], tag_width), *row[1:]] for row in rows])
+    return text_table(
+        [label, "VALUE", "STEP"], [[clip(row[0], tag_width), *row[1:]] for row in rows]
+    )
 
 
 # ----------------------------------------------------------------------------- baseline
