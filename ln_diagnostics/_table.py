@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
 from collections.abc import Collection, Iterable, Sequence
@@ -35,48 +36,84 @@ def terminal_width(fallback: int = FALLBACK_WIDTH) -> int:
     return shutil.get_terminal_size((fallback, 24)).columns
 
 
-def _fill(widths: list[int], natural: Sequence[int], columns: Sequence[int], room: int) -> None:
-    """Share ``room`` among ``columns``: none wider than its natural width, the narrow ones first
-    in full, what is left evenly among the rest (at least 1 each)."""
-    left = sorted(columns, key=lambda c: natural[c])
-    while left:
-        share = max(1, room // len(left))
-        column = left.pop(0)
-        widths[column] = min(natural[column], share)
-        room -= widths[column]
-    spare = room
-    for column in sorted(columns, key=lambda c: natural[c] - widths[c], reverse=True):
-        extra = min(spare, natural[column] - widths[column])
-        widths[column] += max(0, extra)
-        spare -= max(0, extra)
+def _share(widths: list[int], need: Sequence[int], columns: Sequence[int], room: int) -> None:
+    """Add ``room`` to ``columns``' widths in proportion to what each still ``need``s (capped)."""
+    total = sum(need[c] for c in columns)
+    if total <= 0 or room <= 0:
+        return
+    added = {c: min(need[c], room * need[c] // total) for c in columns}
+    spare = room - sum(added.values())
+    for c in sorted(columns, key=lambda c: need[c] - added[c], reverse=True):
+        extra = min(spare, need[c] - added[c])
+        added[c] += extra
+        spare -= extra
+    for c, extra in added.items():
+        widths[c] += extra
 
 
 def column_widths(
-    natural: Sequence[int], width: int | None, wrap: Collection[int] = ()
+    natural: Sequence[int],
+    width: int | None,
+    wrap: Collection[int] = (),
+    words: Sequence[int] | None = None,
 ) -> list[int]:
     """The width of each column so that a line fits ``width`` (``None``: natural widths).
 
-    The ``wrap`` columns give way first; when the other columns leave them less than
-    :data:`MIN_WRAPPED` each, every column gives way. Below one character per column a line
+    The ``wrap`` columns give way first: each keeps its longest word (``words``) whole when
+    there is room for that (else the longest words break first), and the rest of the room goes
+    to them in proportion to how much text they hold beyond it. When the other columns leave
+    the ``wrap`` columns less than :data:`MIN_WRAPPED` each, every column gives way. Below one character per column a line
     cannot fit: each column is then one character wide.
     """
-    widths = list(natural)
     if width is None or sum(natural) + GAP * (len(natural) - 1) <= width:
-        return widths
+        return list(natural)
+    words = words if words is not None else [1] * len(natural)
     room = width - GAP * (len(natural) - 1)
     fixed = sum(w for c, w in enumerate(natural) if c not in wrap)
     wrapped = [c for c in range(len(natural)) if c in wrap]
     if wrapped and room - fixed >= MIN_WRAPPED * len(wrapped):
-        _fill(widths, natural, wrapped, room - fixed)
+        giving, room = wrapped, room - fixed
     else:
-        _fill(widths, natural, range(len(natural)), room)
+        giving = list(range(len(natural)))
+    widths = [0 if c in giving else w for c, w in enumerate(natural)]
+    floor = {c: min(natural[c], words[c]) for c in giving}
+    level = max(floor.values())
+    while level > 1 and sum(min(f, level) for f in floor.values()) > room:
+        level -= 1  # words must break: the longest ones first
+    floor = {c: min(f, level) for c, f in floor.items()}
+    for c in giving:
+        widths[c] = floor[c]
+    need = [natural[c] - widths[c] for c in range(len(natural))]
+    _share(widths, need, giving, room - sum(floor.values()))
     return widths
 
 
+#: Where a word too long for a line breaks first: after a ``.``, ``_`` or ``/`` that follows a
+#: letter (layer names, tags, kinds); numbers such as ``5.75`` stay whole.
+_BREAK = re.compile(r"(?<=[A-Za-z])[._/]")
+
+
+class _Wrapper(textwrap.TextWrapper):
+    """Whole words where they fit; a longer word breaks at :data:`_BREAK`, else anywhere."""
+
+    def _handle_long_word(
+        self, reversed_chunks: list[str], cur_line: list[str], cur_len: int, width: int
+    ) -> None:
+        space = max(width - cur_len, 1)
+        chunk = reversed_chunks[-1]
+        cut = max((m.end() for m in _BREAK.finditer(chunk, 0, space)), default=0)
+        if not cut and cur_line:
+            return  # no break point fits this line: the word starts the next
+        cut = cut or space
+        cur_line.append(chunk[:cut])
+        reversed_chunks[-1] = chunk[cut:]
+
+
 def _lines(cell: str, width: int) -> list[str]:
+    wrapper = _Wrapper(width, break_on_hyphens=False)
     out = []
     for paragraph in cell.split("\n"):
-        out += textwrap.wrap(paragraph, width, break_on_hyphens=False) or [""]
+        out += wrapper.wrap(paragraph) or [""]
     return out
 
 
@@ -104,7 +141,11 @@ def text_table(
     natural = [
         max(len(line) for row in table for line in row[c].split("\n")) for c in range(len(headers))
     ]
-    widths = column_widths(natural, width, wrap)
+    words = [
+        max((len(word) for row in table for word in row[c].split()), default=1)
+        for c in range(len(headers))
+    ]
+    widths = column_widths(natural, width, wrap, words)
     out = []
     for index, row in enumerate(table):
         if width is None or widths == natural:

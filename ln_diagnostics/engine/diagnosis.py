@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ln_diagnostics._table import terminal_width
 from ln_diagnostics.collect.records import StepReport
 from ln_diagnostics.collect.selection import module_parameters
 from ln_diagnostics.diagnose import (
@@ -105,8 +106,10 @@ class Diagnosis:
             self.write(writer, report.step)
 
 
-def console_report(findings: list[Finding], steps: int) -> str:
-    """What ``LayerDiagnostics`` prints at fit end."""
+def console_report(findings: list[Finding], steps: int, *, width: int | None = None) -> str:
+    """What ``LayerDiagnostics`` prints at fit end: no line wider than ``width`` (default: the
+    terminal's, 100 columns when unknown)."""
     if not findings:
         return "LayerDiagnostics diagnosis: no statistics were logged"
-    return f"LayerDiagnostics diagnosis ({steps} logging steps):\n{findings_table(findings)}"
+    table = findings_table(findings, width=width or terminal_width())
+    return f"LayerDiagnostics diagnosis ({steps} logging steps):\n{table}"

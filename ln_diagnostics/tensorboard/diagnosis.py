@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ln_diagnostics._table import terminal_width
 from ln_diagnostics.diagnose import (
     Finding,
     History,
@@ -140,12 +142,15 @@ def diagnose_logdir(
     return out
 
 
-def logdir_report(results: dict[str, RunDiagnosis]) -> str:
-    """The console text of ``ln-diagnostics diagnose``: one findings table per run."""
+def logdir_report(results: dict[str, RunDiagnosis], *, width: int | None = None) -> str:
+    """The console text of ``ln-diagnostics diagnose``: one findings table per run, no line
+    wider than ``width`` (default: the terminal's, 100 columns when unknown)."""
+    width = width or terminal_width()
     blocks = []
     for run, result in results.items():
         note = "" if result.info.source == "record" else " (layers from tag order: no record)"
-        blocks.append(f"run: {run}{note}\n{findings_table(result.findings)}")
+        title = textwrap.fill(f"run: {run}{note}", width, break_on_hyphens=False)
+        blocks.append(f"{title}\n{findings_table(result.findings, width=width)}")
     return "\n\n".join(blocks)
 
 
