@@ -62,8 +62,8 @@ def column_widths(
     The ``wrap`` columns give way first: each keeps its longest word (``words``) whole when
     there is room for that (else the longest words break first), and the rest of the room goes
     to them in proportion to how much text they hold beyond it. When the other columns leave
-    the ``wrap`` columns less than :data:`MIN_WRAPPED` each, every column gives way. Below one character per column a line
-    cannot fit: each column is then one character wide.
+    the ``wrap`` columns less than :data:`MIN_WRAPPED` each, every column gives way. Below one
+    character per column a line cannot fit: each column is then one character wide.
     """
     if width is None or sum(natural) + GAP * (len(natural) - 1) <= width:
         return list(natural)
