@@ -320,6 +320,17 @@ class LayerDiagnostics(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._paused.close()
 
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._diagnosis is not None:
+            self._diagnosis.eval_batch(batch)
+
     def _emit(self, report: StepReport) -> None:
         self.last_logged = LoggedScalars(report.step, report.scalars)
         self.n_logged += 1
@@ -336,12 +347,20 @@ class LayerDiagnostics(pl.Callback):
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        return {"n_logged": self.n_logged, **self._probes.state_dict(), **dashboard_state(self)}
+        diagnosis = {} if self._diagnosis is None else {"diagnosis": self._diagnosis.state_dict()}
+        return {
+            "n_logged": self.n_logged,
+            **self._probes.state_dict(),
+            **dashboard_state(self),
+            **diagnosis,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.n_logged = int(state_dict.get("n_logged", 0))
         self._probes.load_state_dict(state_dict)
         restore_dashboard(self, state_dict)
+        if self._diagnosis is not None:
+            self._diagnosis.load_state_dict(state_dict.get("diagnosis", {}))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
