@@ -97,13 +97,17 @@ def _write_text(path: str, text: str, what: str) -> None:
 def _scan(args: argparse.Namespace, run_dir: Path, sink_for: SinkFor) -> RunScan:
     """Read one run with the command's reading options; note each incomplete record read up to."""
     scan = scan_run(run_dir, sink_for, allow_partial=args.allow_partial, merge=args.merge)
-    for path, offset in scan.partial:
+    _note_partial(args, scan.partial)
+    return scan
+
+
+def _note_partial(args: argparse.Namespace, partial: Iterable[tuple[Path, int]]) -> None:
+    for path, offset in partial:
         print(
             f"{PROG} {args.command}: note: '{path}' ends inside the record at byte {offset}; "
             "read up to it (--allow-partial)",
             file=sys.stderr,
         )
-    return scan
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -133,7 +137,9 @@ def _check(args: argparse.Namespace) -> int:
                 )
             skipped.append((rule, reason))
         results.extend((run, result) for result in evaluation.results)
-    results.extend(finding_results(rules, args.logdir))
+    results.extend(
+        finding_results(rules, args.logdir, allow_partial=args.allow_partial, merge=args.merge)
+    )
     results = _ordered(rules, results)
     shown = (
         [(run, r) for run, r in results if _status(r) != "PASS"] if args.failures_only else results
@@ -616,7 +622,9 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    results = diagnose_logdir(args.logdir)
+    results = diagnose_logdir(args.logdir, allow_partial=args.allow_partial, merge=args.merge)
+    for result in results.values():
+        _note_partial(args, result.partial)
     print(logdir_report(results))
     if args.json:
         _write_text(args.json, json.dumps(logdir_json(results), indent=2), "JSON report")
@@ -707,6 +715,20 @@ example:
 
 exit codes: 0 written, 2 bad usage or bad input (no run, several runs, an unhealthy run,
 --out exists without --force or lies in a missing directory)
+"""
+
+
+_DIAGNOSE_EPILOG = f"""\
+One findings table per run, as LayerDiagnostics prints at fit end: severity, finding, layer (or
+a range of layers), the logging steps it held at, what was measured and what to try. The table
+fits the terminal (100 columns when output is not a terminal); --json writes every finding with
+its evidence. The layers' order and types come from the run's diagnostics/layers record.
+
+example:
+  {PROG} diagnose lightning_logs --fail-on error --json diagnosis.json
+
+exit codes: 0 diagnosed (1 with --fail-on when a finding of that severity or worse exists),
+2 bad usage or bad input
 """
 
 
@@ -823,12 +845,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summary.set_defaults(handler=_summary)
 
-    diagnose = commands.add_parser(
+    diagnose = _command(
+        commands,
         "diagnose",
-        help="say what is wrong, in which layer, since which step, and what to try",
+        summary="say what is wrong, in which layer, since which step, and what to try",
         description="Diagnose every run under LOGDIR: findings ranked by severity and step.",
-        epilog="exit codes: 0 diagnosed (1 with --fail-on when a finding of that severity or "
-        "worse exists), 2 bad usage or bad input",
+        epilog=_DIAGNOSE_EPILOG,
     )
     diagnose.add_argument(
         "logdir", metavar="LOGDIR", help="TensorBoard log directory (searched recursively)"
