@@ -18,10 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import textwrap
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 #: Columns are this many spaces apart.
 GAP = 2
@@ -36,19 +37,30 @@ def terminal_width(fallback: int = FALLBACK_WIDTH) -> int:
     return shutil.get_terminal_size((fallback, 24)).columns
 
 
-def _share(widths: list[int], need: Sequence[int], columns: Sequence[int], room: int) -> None:
-    """Add ``room`` to ``columns``' widths in proportion to what each still ``need``s (capped)."""
-    total = sum(need[c] for c in columns)
-    if total <= 0 or room <= 0:
-        return
-    added = {c: min(need[c], room * need[c] // total) for c in columns}
-    spare = room - sum(added.values())
-    for c in sorted(columns, key=lambda c: need[c] - added[c], reverse=True):
-        extra = min(spare, need[c] - added[c])
-        added[c] += extra
-        spare -= extra
-    for c, extra in added.items():
-        widths[c] += extra
+def _share(
+    natural: Sequence[int], floor: Mapping[int, int], room: int
+) -> dict[int, int]:
+    """Widths for the columns of ``floor`` that add up to at most ``room``: shares in proportion
+    to the square root of each column's natural width (a long text gets more room, a short one
+    is not starved), none below its floor nor above its natural width."""
+    widths: dict[int, int] = {}
+    active = set(floor)
+    while active:
+        weight = {c: math.sqrt(natural[c]) for c in active}
+        total = sum(weight.values())
+        target = {c: room * weight[c] / total for c in active}
+        settled = {c for c in active if not floor[c] < target[c] < natural[c]}
+        if not settled:
+            widths.update({c: int(target[c]) for c in active})
+            spare = room - sum(widths[c] for c in active)
+            for c in sorted(active, key=lambda c: natural[c] - widths[c], reverse=True)[:spare]:
+                widths[c] += 1
+            break
+        for c in settled:
+            widths[c] = natural[c] if target[c] >= natural[c] else floor[c]
+            room -= widths[c]
+        active -= settled
+    return widths
 
 
 def column_widths(
@@ -60,8 +72,8 @@ def column_widths(
     """The width of each column so that a line fits ``width`` (``None``: natural widths).
 
     The ``wrap`` columns give way first: each keeps its longest word (``words``) whole when
-    there is room for that (else the longest words break first), and the rest of the room goes
-    to them in proportion to how much text they hold beyond it. When the other columns leave
+    there is room for that (else the longest words break first), and the room is shared among
+    them in proportion to the square root of their natural widths. When the other columns leave
     the ``wrap`` columns less than :data:`MIN_WRAPPED` each, every column gives way. Below one
     character per column a line cannot fit: each column is then one character wide.
     """
@@ -81,10 +93,8 @@ def column_widths(
     while level > 1 and sum(min(f, level) for f in floor.values()) > room:
         level -= 1  # words must break: the longest ones first
     floor = {c: min(f, level) for c, f in floor.items()}
-    for c in giving:
-        widths[c] = floor[c]
-    need = [natural[c] - widths[c] for c in range(len(natural))]
-    _share(widths, need, giving, room - sum(floor.values()))
+    for c, w in _share(natural, floor, room).items():
+        widths[c] = w
     return widths
 
 
