@@ -37,9 +37,7 @@ def terminal_width(fallback: int = FALLBACK_WIDTH) -> int:
     return shutil.get_terminal_size((fallback, 24)).columns
 
 
-def _share(
-    natural: Sequence[int], floor: Mapping[int, int], room: int
-) -> dict[int, int]:
+def _share(natural: Sequence[int], floor: Mapping[int, int], room: int) -> dict[int, int]:
     """Widths for the columns of ``floor`` that add up to at most ``room``: shares in proportion
     to the square root of each column's natural width (a long text gets more room, a short one
     is not starved), none below its floor nor above its natural width."""
