@@ -94,7 +94,7 @@ ADVICE: dict[str, str] = {
 
 #: ``batchnorm_small_batch``'s advice when only the validation batch is small.
 EVAL_BATCH_ADVICE = (
-    "one sample at a time, BatchNorm can only use running statistics (train mode fails); "
+    "one sample at a time BatchNorm has only its running statistics (in train mode it fails): "
     "NormSwap(target='layernorm') normalizes each sample alike in training and evaluation "
     "(Ba et al. 2016)"
 )
@@ -645,8 +645,7 @@ def _batchnorm(run: _Run, t: Thresholds) -> list[Finding]:
         parts.append(f"train on batches of {train} per device (bound {t.batchnorm_min_batch})")
     if small_val:
         parts.append(
-            f"are validated on batches of {val} per device (bound {t.batchnorm_min_eval_batch}): "
-            "running statistics alone normalize them there, unlike in training"
+            f"are validated on batches of {val} per device (bound {t.batchnorm_min_eval_batch})"
         )
     return [
         Finding(
