@@ -35,6 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parallel import DistributedDataParallel
 
+from ln_diagnostics._table import markdown_table, text_table
 from ln_diagnostics._validate import check_bool, check_choice, check_globs, check_instance
 from ln_diagnostics.nn.norms import ChannelLayerNorm, ChannelRMSNorm
 from ln_diagnostics.tags import matches
@@ -165,15 +166,7 @@ class SwapReport:
         lines = [self._headline()]
         if not self.swapped:
             return lines[0]
-        header, rows = self._rows()
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-        def fmt(cells: list[str]) -> str:
-            return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-        lines.append(fmt(header))
-        lines.append(fmt(["-" * w for w in widths]))
-        lines.extend(fmt(r) for r in rows)
+        lines.append(text_table(*self._rows(), rule=True))
         if not self.dry_run:
             lines.append(self._footer())
         return "\n".join(lines)
@@ -184,10 +177,7 @@ class SwapReport:
         if not self.swapped:
             return headline
         header, rows = self._rows()
-        lines = [headline, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for r in rows:
-            cells = [f"`{r[0]}`", *(c.replace("|", "\\|") for c in r[1:])]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines = [headline, "", markdown_table(header, [[f"`{r[0]}`", *r[1:]] for r in rows])]
         if not self.dry_run:
             lines += ["", self._footer()]
         return "\n".join(lines)
