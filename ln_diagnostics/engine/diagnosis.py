@@ -163,10 +163,16 @@ class Diagnosis:
         self._cache = None
 
 
-def console_report(findings: list[Finding], steps: int, *, width: int | None = None) -> str:
-    """What ``LayerDiagnostics`` prints at fit end: no line wider than ``width`` (default: the
-    terminal's, 100 columns when unknown)."""
+def console_report(
+    findings: list[Finding],
+    steps: int,
+    *,
+    width: int | None = None,
+    title: str = "LayerDiagnostics",
+) -> str:
+    """What a front end (``title``) prints at the end of the run: no line wider than ``width``
+    (default: the terminal's, 100 columns when unknown)."""
     if not findings:
-        return "LayerDiagnostics diagnosis: no statistics were logged"
+        return f"{title} diagnosis: no statistics were logged"
     table = findings_table(findings, width=width or terminal_width())
-    return f"LayerDiagnostics diagnosis ({steps} logging steps):\n{table}"
+    return f"{title} diagnosis ({steps} logging steps):\n{table}"
