@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from ln_diagnostics._validate import argument_error, check_instance, check_int
 from ln_diagnostics.collect.records import StepReport
 from ln_diagnostics.engine.engine import Engine, EngineFront
 from ln_diagnostics.engine.host import Host
@@ -177,15 +178,12 @@ def attach(
         >>> diag.last_logged.step, "gradients/norm/0" in diag.last_logged.scalars
         (2, True)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
     options = DiagnosticsOptions.from_arguments(locals())
-    if options.every_n_steps is None:
-        raise ValueError("every_n_steps must be an integer >= 1; got None")
+    check_int("every_n_steps", options.every_n_steps, minimum=1)
     if writer is not None and not hasattr(writer, "_get_file_writer"):
-        raise ValueError(
-            f"writer must be a torch.utils.tensorboard.SummaryWriter or None; got "
-            f"{type(writer).__name__}"
+        raise argument_error(
+            "writer", "a torch.utils.tensorboard.SummaryWriter or None", type(writer).__name__
         )
     inner = unwrap(model)
     return Diagnostics(Engine(options), inner, writer=writer, every_n_steps=options.every_n_steps)

@@ -267,7 +267,8 @@ class Engine:
             return []
         findings = self.diagnosis.write(self.writer, step)
         if self._host is None or self._host.is_global_zero:
-            print(console_report(findings, len(self.diagnosis.history)), flush=True)
+            title = "LayerDiagnostics" if self._host is None else self._host.name
+            print(console_report(findings, len(self.diagnosis.history), title=title), flush=True)
         return findings
 
     def diagnose(self) -> list[Finding]:

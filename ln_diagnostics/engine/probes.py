@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ln_diagnostics._validate import check_globs, check_int, check_optional_int
+from ln_diagnostics._validate import check_callable, check_globs, check_int, check_optional_int
 from ln_diagnostics.collect.collector import Collector
 from ln_diagnostics.collect.ics import ICSProbe, LossFn
 from ln_diagnostics.collect.probing import (
@@ -34,12 +34,6 @@ from ln_diagnostics.tags import layer_name, matches
 
 #: Layers measured by ICS when ``ics_layers`` is not given.
 DEFAULT_ICS_LAYERS = 4
-
-
-def _check_callable(name: str, value: Any, signature: str) -> Any:
-    if value is not None and not callable(value):
-        raise ValueError(f"{name} must be a callable {signature} or None; got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -70,23 +64,20 @@ class ProbeOptions:
         ics_loss: LossFn | None = None,
     ) -> ProbeOptions:
         """Validate user input; errors name the argument, the expectation and the value."""
-        layers = None if ics_layers is None else check_globs("ics_layers", ics_layers)
-        if layers == ():
-            raise ValueError(
-                "ics_layers must be None or a non-empty list of module-name globs; "
-                f"got {ics_layers!r}"
-            )
+        layers = (
+            None if ics_layers is None else check_globs("ics_layers", ics_layers, allow_empty=False)
+        )
         return cls(
             shift_every_n_steps=check_optional_int(
                 "shift_every_n_steps", shift_every_n_steps, minimum=0
             ),
             ics_every_n_steps=check_int("ics_every_n_steps", ics_every_n_steps, minimum=0),
             probe_batch=probe_batch,
-            probe_forward=_check_callable(
+            probe_forward=check_callable(
                 "probe_forward", probe_forward, "(module, batch) -> output"
             ),
             ics_layers=layers,
-            ics_loss=_check_callable("ics_loss", ics_loss, "(module, batch) -> scalar loss tensor"),
+            ics_loss=check_callable("ics_loss", ics_loss, "(module, batch) -> scalar loss tensor"),
         )
 
 

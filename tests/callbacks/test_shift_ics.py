@@ -203,7 +203,7 @@ def test_custom_probe_batch_and_ics_loss_and_layers(make_trainer):
         ),
         (
             {"ics_layers": []},
-            "ics_layers must be None or a non-empty list of module-name globs; got []",
+            "ics_layers must be None or a glob string or a non-empty list of glob strings; got []",
         ),
         (
             {"ics_layers": [1]},

@@ -45,7 +45,7 @@ def test_default_options_probe_the_first_call_and_print_the_findings_at_detach(c
     assert reports[0].scalars["health/shift_mean_step"] == 0.0
     assert reports[5].scalars["health/shift_kl_init"] > 0.0
     printed = capsys.readouterr().out
-    assert "LayerDiagnostics diagnosis (3 logging steps)" in printed
+    assert "attach() diagnosis (3 logging steps)" in printed
     assert [f.kind for f in diag.diagnose()]  # the same findings the table printed
     for finding in diag.diagnose():
         assert finding.kind in printed
