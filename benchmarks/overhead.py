@@ -602,6 +602,126 @@ def measure_memory(
 
 
 # ----------------------------------------------------------------------------------- profile
+# ----------------------------------------------------------------------------------- kernels
+#: the watched-output shapes of the benchmark models: MLP and encoder blocks, the encoder's
+#: feed-forward, the CNN's three resolutions
+KERNEL_SHAPES = ((128, 256), (32, 16, 64), (32, 16, 256), (32, 16, 32, 32), (32, 32, 16, 16))
+
+
+def _fastest_us(candidates: dict[str, Callable[[], Any]], reps: int, trials: int = 7) -> dict:
+    """Per candidate, the fastest mean over ``trials`` runs of ``reps`` calls, in µs; the
+    candidates take turns in every trial, so that the other work of a shared machine disturbs
+    them alike and the fastest run is the least disturbed."""
+    best = dict.fromkeys(candidates, math.inf)
+    for fn in candidates.values():
+        fn()
+    for _ in range(trials):
+        for name, fn in candidates.items():
+            started = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - started) / reps)
+    return {name: 1e6 * t for name, t in best.items()}
+
+
+def _gram_sums(x: Tensor, rows: Tensor) -> Tensor:
+    """Design alternative, fusing the power sums into one matrix product: the rows ``1, d, d²,
+    [x != 0], [x non-finite]`` in one buffer and their Gram matrix, whose entries hold
+    ``Σd .. Σd⁴`` and the counts (plus ``aminmax``): the numbers of ``power_sums``."""
+    flat = x.reshape(-1)
+    k = flat.mean()
+    b = rows[:, : flat.numel()]
+    b[0].fill_(1.0)
+    torch.sub(flat, k, out=b[1])
+    torch.mul(b[1], b[1], out=b[2])
+    torch.ne(flat, 0.0, out=b[3])
+    torch.mul(flat, 0.0, out=b[4]).nan_to_num_(nan=1.0)
+    return torch.cat([k[None], torch.mm(b, b.T).reshape(-1), torch.stack(torch.aminmax(flat))])
+
+
+def _batched_sums(outputs: Sequence[Tensor], work: Tensor) -> list[Tensor]:
+    """Design alternative, batching outputs of one shape: as many as fit in one
+    ``moments.CHUNK`` are copied into the rows of a block (the outputs themselves are not kept),
+    and one call per statistic reduces all of its rows: the numbers of ``power_sums``."""
+    n = outputs[0].numel()
+    per_block = max(1, work.shape[1] // n)
+    results = []
+    for start in range(0, len(outputs), per_block):
+        group = outputs[start : start + per_block]
+        x, d, s = (w[: len(group) * n].view(len(group), n) for w in work)
+        torch.stack([o.reshape(-1) for o in group], out=x)
+        k = x.mean(1, keepdim=True)
+        torch.sub(x, k, out=d)
+        torch.mul(d, d, out=s)
+        s3, s4 = torch.linalg.vecdot(s, d), torch.linalg.vecdot(s, s)  # bmm: ~20x slower
+        low, high = x.amin(1), x.amax(1)  # aminmax(dim=1): ~20x slower
+        nonzero = torch.ne(x, 0.0, out=d).sum(1)
+        nonfinite = torch.mul(x, 0.0, out=s).nan_to_num_(nan=1.0).sum(1)
+        sums = [k[:, 0], d.sum(1), s.sum(1), s3, s4, low, high, nonzero, nonfinite]
+        results.append(torch.stack(sums, 1))
+    return results
+
+
+def kernels() -> str:
+    """Per-output statistics and parameter norms by the designs weighed for them, in µs."""
+    moments = importlib.import_module("ln_diagnostics.stats.moments")
+    collector = importlib.import_module("ln_diagnostics.collect.collector")
+    torch.manual_seed(0)
+    chunk = moments.CHUNK
+    lines = [
+        "# per watched output, µs (fastest of 7, candidates interleaved): power_sums in chunks of",
+        f"# 1 Mi elements (before) and of {chunk} (now); one Gram matrix product; 73 outputs",
+        "# batched into blocks of rows",
+        f"{'output shape':<18} {'1 Mi chunks':>11} {'now':>8} {'gram':>8} {'batched':>8}",
+    ]
+
+    def chunked(x: Tensor, scratch: Any, size: int) -> Callable[[], Any]:
+        def run() -> Any:
+            moments.CHUNK = size
+            try:
+                return moments.power_sums(x, scratch=scratch)
+            finally:
+                moments.CHUNK = chunk
+
+        return run
+
+    for shape in KERNEL_SHAPES:
+        x = torch.randn(*shape)
+        n = x.numel()
+        outputs = [x] * 73  # each output hot in the cache, as in the hook that copies it
+        work = torch.empty(3, max(n, chunk))
+        rows = torch.empty(5, n)
+        scratch = moments.Scratch()
+        times = _fastest_us(
+            {
+                "before": chunked(x, scratch, 1 << 20),
+                "now": chunked(x, scratch, chunk),
+                "gram": lambda x=x, rows=rows: _gram_sums(x, rows),
+                "batched": lambda o=outputs, w=work: _batched_sums(o, w),
+            },
+            reps=max(2, 1_000_000 // n),
+        )
+        times["batched"] /= len(outputs)
+        cells = " ".join(f"{times[k]:>8.1f}" for k in ("now", "gram", "batched"))
+        lines.append(f"{tuple(shape)!s:<18} {times['before']:>11.1f} {cells}")
+    mlp = DeepMLP(1)
+    tensors = [p.detach() for p in mlp.parameters()] * 2  # gradients and parameters
+    norms = _fastest_us(
+        {
+            "float64": lambda: torch._foreach_norm(tensors, 2.0, dtype=torch.float64),
+            "pieces": lambda: collector._norms(tensors),
+        },
+        reps=20,
+    )
+    lines += [
+        "",
+        f"# norms of the MLP's {len(tensors) // 2} parameters and as many gradients, µs",
+        f"foreach_norm in float64 (before) {norms['float64']:>9.1f}",
+        f"float32 pieces, float64 sums     {norms['pieces']:>9.1f}",
+    ]
+    return "\n".join(lines)
+
+
 def profile(model_name: str, config: str, steps: int, top: int = 30) -> str:
     """cProfile of one fit (``steps`` steps); the top functions by own time and cumulative."""
     import cProfile
@@ -654,7 +774,10 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("emit: event file", "ln_diagnostics.callbacks.layer_diagnostics", "write_report"),
     ("dashboard history", "ln_diagnostics.tensorboard.dashboard", "Dashboard.update"),
     ("custom-scalars layout", "ln_diagnostics.tensorboard.dashboard", "Dashboard.write_layout"),
-    ("heat maps", "ln_diagnostics.tensorboard.dashboard", "Dashboard.write_heatmaps"),
+    ("heat maps, depth profile", "ln_diagnostics.tensorboard.dashboard", "Dashboard.draw"),
+    ("diagnosis: record", "ln_diagnostics.engine.diagnosis", "Diagnosis.record"),
+    ("diagnosis: findings text", "ln_diagnostics.engine.diagnosis", "Diagnosis.write"),
+    ("fit-end report", "ln_diagnostics.callbacks.layer_diagnostics", "console_report"),
 )
 
 
@@ -890,6 +1013,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="instead of the benchmark: time CONFIG's phases (step 0 and logging steps) on "
         "every --models model for --steps steps",
     )
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="instead of the benchmark: time the per-output statistics and the parameter norms "
+        "by the designs weighed for them",
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # "model:config", internal
     args = parser.parse_args(argv)
     if args.quick:
@@ -950,6 +1079,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         print(json.dumps(_memory_child(model_name, config, args.memory_steps)))
         return {}
 
+    if args.kernels:
+        print(kernels())
+        return {}
     models = _names(args.models, MODELS, "models")
     configs = _names(args.configs, CONFIGS, "configs")
     if args.profile:
