@@ -1,4 +1,8 @@
-"""``LayerDiagnostics``: per-layer activation and gradient statistics of a Lightning run."""
+"""``LayerDiagnostics``: per-layer activation and gradient statistics of a Lightning run.
+
+A thin translation of Trainer hooks into :class:`~ln_diagnostics.engine.engine.Engine` events; the
+engine does the work, the same for ``attach()`` and Lightning Fabric.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +13,25 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
-from ln_diagnostics._validate import check_bool, check_optional_int
-from ln_diagnostics.callbacks._dashboard import (
-    dashboard_state,
-    finish_dashboard,
-    restore_dashboard,
-    start_dashboard,
-    write_run_summary,
-)
-from ln_diagnostics.engine.diagnosis import Diagnosis, console_report
+from ln_diagnostics.callbacks._host import LightningHost
 from ln_diagnostics.callbacks._logger import describe_loggers, tensorboard_writer
-from ln_diagnostics.callbacks._probes import ProbeOptions, Probes
-from ln_diagnostics.collect.collector import Collector
-from ln_diagnostics.collect.grouping import block_names
-from ln_diagnostics.collect.options import SelectionOptions, histogram_interval
-from ln_diagnostics.collect.records import LoggedScalars, StepReport
+from ln_diagnostics.collect.options import histogram_interval
+from ln_diagnostics.collect.records import LoggedScalars
 from ln_diagnostics.diagnose import Finding
-from ln_diagnostics.tensorboard.writer import write_report
+from ln_diagnostics.engine.engine import Engine
+from ln_diagnostics.engine.options import DiagnosticsOptions
+from ln_diagnostics.tensorboard.summary_text import find_swap_report
+
+
+def model_hparams(trainer: Any, pl_module: Any) -> dict[str, Any]:
+    """The hyperparameters Lightning would log for this run (module and datamodule)."""
+    merged: dict[str, Any] = {}
+    datamodule = getattr(trainer, "datamodule", None)
+    for owner in (pl_module, datamodule):
+        if owner is not None and getattr(owner, "_log_hyperparams", True):
+            merged.update(dict(getattr(owner, "hparams_initial", None) or {}))
+    merged.pop("_class_path", None)
+    return merged
 
 
 class LayerDiagnostics(pl.Callback):
@@ -113,59 +119,61 @@ class LayerDiagnostics(pl.Callback):
         group_depth: int | None = None,
         diagnosis: bool = True,
     ) -> None:
-        self.every_n_steps = check_optional_int("every_n_steps", every_n_steps, minimum=1)
-        self.group_depth = check_optional_int("group_depth", group_depth, minimum=1)
-        self.diagnosis = check_bool("diagnosis", diagnosis)
-        self._diagnosis: Diagnosis | None = None
-        self.histogram_every_n_steps = check_optional_int(
-            "histogram_every_n_steps", histogram_every_n_steps, minimum=0
+        self.options = DiagnosticsOptions.create(
+            every_n_steps=every_n_steps,
+            histogram_every_n_steps=histogram_every_n_steps,
+            types=types,
+            include=include,
+            exclude=exclude,
+            track_updates=track_updates,
+            shift_every_n_steps=shift_every_n_steps,
+            ics_every_n_steps=ics_every_n_steps,
+            probe_batch=probe_batch,
+            probe_forward=probe_forward,
+            ics_layers=ics_layers,
+            ics_loss=ics_loss,
+            group_depth=group_depth,
+            diagnosis=diagnosis,
         )
-        self.options = SelectionOptions.create(
-            types=types, include=include, exclude=exclude, track_updates=track_updates
-        )
-        self.last_logged: LoggedScalars | None = None
-        self.n_logged = 0
-        self._collector: Collector | None = None
-        self._writer: Any | None = None
-        self._loggers: list[Any] = []
-        self._every = 1
-        self._hist_every = 0
+        self.every_n_steps = self.options.every_n_steps
+        self.histogram_every_n_steps = self.options.histogram_every_n_steps
+        self.group_depth = self.options.group_depth
+        self.diagnosis = self.options.diagnosis
+        self.engine = Engine(self.options)
         self._begun: int | None = None
         self._paused = ExitStack()
-        self._dashboard: Any | None = None
-        self._dashboard_state: dict[str, Any] = {}
-        self._listeners: list[Callable[[LoggedScalars], None]] = []
-        self._probes = Probes(
-            ProbeOptions.create(
-                shift_every_n_steps=shift_every_n_steps,
-                ics_every_n_steps=ics_every_n_steps,
-                probe_batch=probe_batch,
-                probe_forward=probe_forward,
-                ics_layers=ics_layers,
-                ics_loss=ics_loss,
-            )
-        )
+
+    @property
+    def last_logged(self) -> LoggedScalars | None:
+        """The scalars of the most recent logging step (read by ``DiagnosticThresholds``)."""
+        return self.engine.last_logged
+
+    @property
+    def n_logged(self) -> int:
+        """How many steps have logged, over resumed runs too."""
+        return self.engine.n_logged
 
     @property
     def state_key(self) -> str:
         """Distinct for callbacks with different options, so that several ``LayerDiagnostics``
         in one Trainer keep their own state in a checkpoint. Options at their default value are
         left out, so the key of a default callback is the one older checkpoints carry."""
-        probe, types = self._probes.options, self.options.types
+        opts = self.options
+        types = opts.types
         optional = {
-            "histogram_every_n_steps": self.histogram_every_n_steps,
+            "histogram_every_n_steps": opts.histogram_every_n_steps,
             "types": None if types is None else [f"{t.__module__}.{t.__qualname__}" for t in types],
-            "track_updates": None if self.options.track_updates else False,
-            "shift_every_n_steps": probe.shift_every_n_steps,
-            "ics_every_n_steps": probe.ics_every_n_steps or None,
-            "ics_layers": probe.ics_layers,
-            "group_depth": self.group_depth,
-            "diagnosis": None if self.diagnosis else False,
+            "track_updates": None if opts.track_updates else False,
+            "shift_every_n_steps": opts.shift_every_n_steps,
+            "ics_every_n_steps": opts.ics_every_n_steps or None,
+            "ics_layers": opts.ics_layers,
+            "group_depth": opts.group_depth,
+            "diagnosis": None if opts.diagnosis else False,
         }
         return self._generate_state_key(
-            every_n_steps=self.every_n_steps,
-            include=self.options.include,
-            exclude=self.options.exclude,
+            every_n_steps=opts.every_n_steps,
+            include=opts.include,
+            exclude=opts.exclude,
             **{name: value for name, value in optional.items() if value is not None},
         )
 
@@ -178,13 +186,15 @@ class LayerDiagnostics(pl.Callback):
             >>> diag.add_listener(seen.append)
             >>> diag.remove_listener(seen.append)
         """
-        if listener not in self._listeners:
-            self._listeners.append(listener)
+        self.engine.add_listener(listener)
 
     def remove_listener(self, listener: Callable[[LoggedScalars], None]) -> None:
         """Stop calling ``listener``; unknown listeners are ignored."""
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        self.engine.remove_listener(listener)
+
+    def diagnose(self) -> list[Finding]:
+        """The findings on the statistics logged so far (empty with ``diagnosis=False``)."""
+        return self.engine.diagnose()
 
     # ------------------------------------------------------------------ set-up and tear-down
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -195,43 +205,31 @@ class LayerDiagnostics(pl.Callback):
                 "LayerDiagnostics needs a logger to write to; the Trainer has none "
                 "(logger=False). Use Trainer(logger=True) or a TensorBoardLogger."
             )
-        self._every = self.every_n_steps or max(1, int(trainer.log_every_n_steps))
-        self._hist_every = histogram_interval(self._every, self.histogram_every_n_steps)
-        self._writer, self._loggers = None, []
+        every = self.every_n_steps or max(1, int(trainer.log_every_n_steps))
+        writer, loggers = None, []
         if trainer.is_global_zero:
-            self._writer = tensorboard_writer(trainer)
-            if self._writer is None:
-                self._loggers = list(trainer.loggers)
-                if self._hist_every:
+            writer = tensorboard_writer(trainer)
+            if writer is None:
+                loggers = list(trainer.loggers)
+                if histogram_interval(every, self.histogram_every_n_steps):
                     rank_zero_warn(
                         "LayerDiagnostics: histograms need a TensorBoardLogger; the Trainer's "
                         f"loggers are {describe_loggers(trainer)}, so histograms are skipped and "
                         "scalars go through logger.log_metrics."
                     )
-            if self._writer is None:
-                self._hist_every = 0
-        collector = self.options.build(pl_module)
-        # every rank packs the same layout: rank 0's schedule (histograms need rank 0's writer;
-        # the other ranks' histograms are merged into it) and the same watched modules
-        self._every, self._hist_every, names = trainer.strategy.broadcast(
-            (self._every, self._hist_every, collector.names), src=0
+
+        def log_metrics(scalars: dict[str, float], step: int) -> None:
+            for logger in loggers:
+                logger.log_metrics(scalars, step=step)
+
+        self.engine.setup(
+            pl_module,
+            LightningHost(trainer, pl_module),
+            every_n_steps=every,
+            writer=writer,
+            log_metrics=log_metrics if loggers else None,
+            model_hparams=model_hparams(trainer, pl_module),
         )
-        if trainer.strategy.reduce_boolean_decision(names != collector.names, all=False):
-            raise ValueError(
-                "LayerDiagnostics: the ranks do not all watch the same modules (rank 0 watches "
-                f"{len(names)}, this rank, {trainer.global_rank}, watches {len(collector.names)});"
-                " build the same model and pass the same types/include/exclude on every rank, "
-                "since every rank packs the same statistics layout."
-            )
-        self._collector = collector
-        self._collector.attach()
-        if self.group_depth is not None:
-            self._collector.set_groups(
-                block_names(self._collector.layer_names, depth=self.group_depth)
-            )
-        self._probes.setup(trainer, pl_module, self._collector, self._every)
-        self._dashboard = start_dashboard(self, trainer, pl_module)  # None without a writer
-        self._diagnosis = Diagnosis() if self.diagnosis else None
         self._begun = None
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -244,36 +242,29 @@ class LayerDiagnostics(pl.Callback):
 
     def _release(self) -> None:
         self._paused.close()
-        self._probes.release()
-        if self._collector is not None:
-            self._collector.detach()
-            self._collector = None
-        if self._writer is not None:
-            self._writer.flush()
+        self.engine.close()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after every setup hook, so that NormSwap has reported
+        report = find_swap_report(getattr(trainer, "callbacks", None) or [])
+        self.engine.write_summary(
+            swap_report=None if report is None else report.to_markdown(), step=trainer.global_step
+        )
 
     # ------------------------------------------------------------------ training events
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if self._collector is None or step == self._begun:
-            return
+        if not self.engine.active or step == self._begun:
+            return  # a later micro-batch of an accumulated step
         self._begun = step
-        self._collector.begin_step(
-            step,
-            scalars=step % self._every == 0,
-            histograms=self._hist_every > 0 and step % self._hist_every == 0,
-        )
-        self._probes.batch_start(trainer, pl_module, batch, batch_idx, step)
-        if self._diagnosis is not None and step % self._every == 0:
-            self._diagnosis.batch_start(batch)
+        self.engine.begin_step(step, batch, batch_idx)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        if self._collector is not None:
-            self._collector.before_optimizer_step(optimizer)
-            self._probes.before_optimizer_step()
+        self.engine.before_optimizer_step(optimizer)
 
     def on_train_batch_end(
         self,
@@ -283,74 +274,40 @@ class LayerDiagnostics(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self._collector is None or self._begun is None or trainer.global_step == self._begun:
+        if self._begun is None or trainer.global_step == self._begun:
             return  # mid-accumulation: the optimizer step has not happened yet
-        report = self._collector.end_step()
-        step, self._begun = self._begun, None
-        try:
-            probed = self._probes.batch_end()
-        except BaseException:  # e.g. Ctrl+C during the ICS probe: keep what the step measured
-            if report is not None:
-                self._emit(report)
-            raise
-        if probed:  # merged into the step's report, or a report of their own
-            report = report or StepReport(step, {}, {})
-            report.scalars.update(probed)
-        if report is not None:
-            self._emit(report)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        write_run_summary(self, trainer)  # after every setup hook, so NormSwap has reported
+        self._begun = None
+        self.engine.end_step()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        finish_dashboard(self)  # the last logging step's heat maps and depth profile
-        if self._diagnosis is not None:
-            findings = self._diagnosis.write(self._writer, trainer.global_step)
-            if trainer.is_global_zero:
-                print(console_report(findings, len(self._diagnosis.history)), flush=True)
-
-    def diagnose(self) -> list[Finding]:
-        """The findings on the statistics logged so far (empty with ``diagnosis=False``)."""
-        return [] if self._diagnosis is None else self._diagnosis.findings()
+        self.engine.finish(trainer.global_step)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._collector is not None:
-            self._paused.enter_context(self._collector.paused())
+        self._paused.enter_context(self.engine.paused())
+
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.engine.eval_batch(batch)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._paused.close()
 
-    def _emit(self, report: StepReport) -> None:
-        self.last_logged = LoggedScalars(report.step, report.scalars)
-        self.n_logged += 1
-        if self._writer is not None:
-            write_report(self._writer, report)
-        if self._dashboard is not None:
-            self._dashboard.update(report)
-        if self._diagnosis is not None:
-            self._diagnosis.update(report, self._collector, self._writer, self._dashboard)
-        for logger in self._loggers:
-            logger.log_metrics(dict(report.scalars), step=report.step)
-        for listener in list(self._listeners):
-            listener(self.last_logged)
-
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        return {"n_logged": self.n_logged, **self._probes.state_dict(), **dashboard_state(self)}
+        return self.engine.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.n_logged = int(state_dict.get("n_logged", 0))
-        self._probes.load_state_dict(state_dict)
-        restore_dashboard(self, state_dict)
+        self.engine.load_state_dict(state_dict)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(
-            _collector=None,
-            _writer=None,
-            _loggers=[],
-            _paused=ExitStack(),
-            _dashboard=None,
-            _listeners=[],
-        )
+        engine = Engine(self.options)  # a copy without hooks, writer or listeners
+        engine.load_state_dict(self.engine.state_dict())
+        state.update(engine=engine, _paused=ExitStack())
         return state

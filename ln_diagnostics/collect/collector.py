@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import sys
 import warnings
 from collections import defaultdict
@@ -47,41 +46,23 @@ from ln_diagnostics.collect.packing import (
     Status,
     counted_part,
     gather,
+    pack,
     pack_activations,
     pack_backprop,
     pack_histograms,
     pack_norms,
-    rank,
-    split,
 )
-from ln_diagnostics.collect.records import Histogram, StepReport
+from ln_diagnostics.collect.records import StepReport
+from ln_diagnostics.collect.reduce import Layers, Reduction
 from ln_diagnostics.collect.selection import (
     module_parameters,
     primary_tensor,
     saturation_kind,
     select_modules,
 )
-from ln_diagnostics.diagnose.depth import depth_log10, hidden_stack
 from ln_diagnostics.stats.histogram import bucket_edges, histogram
-from ln_diagnostics.stats.moments import (
-    CHUNK,
-    Moments,
-    Scratch,
-    dense_values,
-    finalize,
-    power_sums,
-    reshift,
-)
-from ln_diagnostics.tags import (
-    ACTIVATIONS,
-    BACKPROP,
-    GRADIENTS,
-    PARAMETERS,
-    UPDATES,
-    health_tag,
-    layer_name,
-    tag,
-)
+from ln_diagnostics.stats.moments import CHUNK, Scratch, dense_values, power_sums
+from ln_diagnostics.tags import layer_name
 
 __all__ = ["Collector", "select_modules"]
 
@@ -198,11 +179,10 @@ class Collector:
         self._disabled: set[int] = set()
         self._edges: Tensor | None = None
         self._limits: list[float] = []
-        self._warned_nonfinite: set[str] = set()
         self._warned_failures: set[str] = set()
         #: work buffers of the activation statistics, shared with probes that pause the collector
         self.scratch = Scratch()
-        self._tags: dict[tuple[str, str, str], str] = {}
+        self._reduction = Reduction(tag_prefix=tag_prefix)
         self.step = 0
         self._on = False
         self._hist_on = False
@@ -255,9 +235,11 @@ class Collector:
         self._grouping = None
         self._group_mapping = mapping
         if mapping is not None:
-            self._grouping = Grouping(
-                self.layer_names, self._saturation, self._module_params, mapping
-            )
+            self._grouping = Grouping(self._layers(), mapping)
+
+    def _layers(self) -> Layers:
+        """The logged layers as the host reduction sees them."""
+        return Layers(self.layer_names, self._saturation, self._module_params)
 
     def _bind_parameters(self) -> None:
         """Read the trainable parameters again if the model's changed since the last time.
@@ -507,234 +489,30 @@ class Collector:
                 watched, before = self._snapshot
                 torch._foreach_sub_(before, self._watched_values(watched))  # θ_t − θ_{t+1}
                 update_n = pack_norms(p, watched, _norms(before), device)
-        parts = [
-            torch.full((1,), float(self._status), dtype=torch.float64, device=device),
-            pack_activations(m, self._act, device),
-            pack_backprop(m, self._backprop, device),
-            torch.stack([grad_n, param_n, update_n], dim=1),
-        ]
+        parts = {
+            "status": torch.full((1, 1), float(self._status), dtype=torch.float64, device=device),
+            "act": pack_activations(m, self._act, device),
+            "bp": pack_backprop(m, self._backprop, device),
+            "norms": torch.stack([grad_n, param_n, update_n], dim=1),
+        }
         if buckets:
-            parts.append(pack_histograms(m, self._act_hist, buckets, device))
-            parts.append(pack_histograms(m, self._grad_hist, buckets, device))
-        return torch.cat([part.reshape(-1) for part in parts]), layout
+            parts["act_hist"] = pack_histograms(m, self._act_hist, buckets, device)
+            parts["grad_hist"] = pack_histograms(m, self._grad_hist, buckets, device)
+        return pack(layout, parts), layout
 
     @staticmethod
     def _to_host(vector: Tensor) -> list[list[float]]:
         """Every rank's vector on the host: one collective, then the step's one copy."""
         return gather(vector).cpu().tolist()
 
-    # ------------------------------------------------------------------ host side
-    def _tag(self, group: str, stat: str, i: int) -> str:
-        key = (group, stat, self.layer_names[i])  # by name: grouped views share the cache
-        cached = self._tags.get(key)
-        if cached is None:
-            cached = self._tags[key] = tag(group, stat, key[2], prefix=self.tag_prefix)
-        return cached
-
-    def _health(self, stat: str) -> str:
-        return health_tag(stat, prefix=self.tag_prefix)
-
-    def _chunks(self, ranks: list[list[float]], layout: Layout) -> dict[str, list]:
-        """Rows of every rank's slots, keyed by kind; parameter norms merged across ranks.
-
-        Output gradients are those of each rank's own loss; DDP and FSDP average the ranks'
-        gradients, so the backprop norms are divided by the world size to be those of the
-        averaged loss (on equal batches, the loss of the union batch), like the gradient norms.
-        """
-        chunks: dict[str, list[tuple[Any, list[float]]]] = defaultdict(list)
-        blocks = [split(values, layout)[1:] for values in ranks]  # the status is read before
-        world_squared = len(ranks) ** 2
-        for act, bp, _params, *hists in blocks:
-            for i, row in enumerate(act):
-                if row[0] > 0:
-                    chunks["act"].append(((i, int(row[0])), row[1:]))
-            for i, (squares, calls) in enumerate(bp):
-                if calls > 0:
-                    chunks["bp"].append((i, [squares / world_squared]))  # Σ‖g‖² of the calls
-            for kind, rows in zip(("act", "grad"), hists, strict=False):  # none without histograms
-                for i, row in enumerate(rows):
-                    if any(row[4:]):
-                        chunks[f"{kind}_hf"].append((i, row[:4]))
-                        chunks[f"{kind}_hc"].append((i, row[4:]))
-        grad, param, update = (self._merge_ranks([b[2] for b in blocks], k) for k in range(3))
-        if any(v != -1.0 for v in param):
-            chunks["param"].append((None, param))
-            present = [j for j, g in enumerate(grad) if g != -1.0]
-            if present:
-                chunks["grad"].append((present, [grad[j] for j in present]))
-            if any(update[j] != -1.0 for j in self._watched_params):
-                chunks["update"].append((None, [update[j] for j in self._watched_params]))
-        seen = {key[0] for key, _ in chunks["act"]}
-        seen |= {i for i, _ in chunks["bp"]}
-        # forward order of this rank's first calls, then modules that ran on other ranks only
-        self._order = [*self._shift, *sorted(seen - self._shift.keys())]
-        return chunks
-
-    @staticmethod
-    def _merge_ranks(rows_per_rank: list[list[list[float]]], column: int) -> list[float]:
-        """One norm per parameter: the root of the sum of squares of the parts the ranks counted
-        (a replicated tensor on one rank, each element of a sharded one on one rank), −1 where
-        no rank counted one."""
-        merged = []
-        for rows in zip(*rows_per_rank, strict=True):
-            parts = [row[column] for row in rows if row[column] != -1.0]
-            merged.append(math.hypot(*parts) if parts else -1.0)
-        return merged
-
     def _unpack(self, ranks: list[list[float]], layout: Layout) -> StepReport | None:
-        statuses = [Status(int(values[0])) for values in ranks]
-        worst = max(statuses)
-        others = [r for r, status in enumerate(statuses) if status and r != rank()]
-        if others:
-            self._warn_once(
-                "another rank",
-                f"ln-diagnostics: rank {others[0]} could not measure all of step {self.step} (its "
-                "own warning says why); what it did not measure is not logged for such steps, "
-                "training goes on.",
-            )
-        if worst == Status.STEP_LOST:
-            return None
-        chunks = self._chunks(ranks, layout)
-        if worst == Status.GRADIENTS_LOST:
-            for kind in ("param", "grad", "update", "grad_hf", "grad_hc"):
-                chunks[kind] = []
-        scalars: dict[str, float] = {}
-        histograms: dict[str, Histogram] = {}
-        view = self if self._grouping is None else self._grouping.view(self, chunks)
-        view._activation_scalars(chunks, scalars)
-        view._gradient_scalars(chunks, scalars)
-        for kind, group in (("act", ACTIVATIONS), ("grad", GRADIENTS)):
-            for i, hist in view._merge_histograms(chunks[f"{kind}_hf"], chunks[f"{kind}_hc"]):
-                histograms[view._tag(group, "hist", i)] = hist
-        return StepReport(self.step, scalars, histograms)
-
-    def _activation_scalars(self, chunks: dict, scalars: dict[str, float]) -> None:
-        moments: dict[int, Moments] = {}
-        for (i, n), row in chunks["act"]:
-            if i in moments and row[0] != moments[i].shift:
-                row = reshift(row, n, moments[i].shift)  # rows from another rank
-            m = Moments.from_row(row, n)
-            if i in moments:
-                moments[i].merge(m)
-            else:
-                moments[i] = m
-        nonfinite_total = 0.0
-        first_bad: int | None = None
-        for i in self._order:
-            if i not in moments:
-                continue
-            stats = finalize(moments[i], saturation=self._saturation[i] is not None)
-            for stat, value in stats.items():
-                scalars[self._tag(ACTIVATIONS, stat, i)] = value
-            nonfinite_total += stats["nonfinite"]
-            if stats["nonfinite"] and first_bad is None:
-                first_bad = i
-        if moments:
-            scalars[self._health("nonfinite_activations")] = nonfinite_total
-        if first_bad is not None:
-            self._warn_nonfinite("activations", first_bad)
-
-        squares: dict[int, float] = defaultdict(float)
-        for i, (sum_sq,) in chunks["bp"]:
-            squares[i] += sum_sq
-        norms = {i: math.sqrt(squares[i]) for i in self._order if i in squares}
-        for i, norm in norms.items():
-            scalars[self._tag(BACKPROP, "norm", i)] = norm
-        order = list(norms)  # forward order; embedding and head left out, as in the diagnosis
-        stack = hidden_stack([(self.names[i], bool(self._module_params[i])) for i in order])
-        depth = depth_log10([norms[order[k]] for k in stack])
-        if depth is not None:  # NaN passes: a non-finite gradient must reach the log
-            scalars[self._health("backprop_depth_log10")] = depth
-
-    def _gradient_scalars(self, chunks: dict, scalars: dict[str, float]) -> None:
-        if not chunks["param"]:
-            return
-        param_norms = chunks["param"][0][1]
-        grad_sq: dict[int, float] = {}
-        if chunks["grad"]:
-            present, norms = chunks["grad"][0]
-            grad_sq = {j: g * g for j, g in zip(present, norms, strict=True)}
-        update_sq: dict[int, float] = {}
-        if chunks["update"]:
-            norms = chunks["update"][0][1]
-            update_sq = {j: u * u for j, u in zip(self._watched_params, norms, strict=True)}
-
-        bad_grads = sum(1 for g in grad_sq.values() if not math.isfinite(g))
-        first_bad: int | None = None
-        for i, js in enumerate(self._module_params):
-            if not js:
-                continue
-            p_norm = math.sqrt(sum(param_norms[j] ** 2 for j in js))
-            scalars[self._tag(PARAMETERS, "norm", i)] = p_norm
-            with_grad = [j for j in js if j in grad_sq]
-            if with_grad:
-                g_norm = math.sqrt(sum(grad_sq[j] for j in with_grad))
-                scalars[self._tag(GRADIENTS, "norm", i)] = g_norm
-                if p_norm != 0:  # NaN passes: a non-finite ratio must reach the log
-                    scalars[self._tag(GRADIENTS, "ratio", i)] = g_norm / p_norm
-                if not math.isfinite(g_norm) and first_bad is None:
-                    first_bad = i
-            if update_sq and p_norm != 0:
-                u_norm = math.sqrt(sum(update_sq[j] for j in js))
-                scalars[self._tag(UPDATES, "ratio", i)] = u_norm / p_norm
-        total_param = math.sqrt(sum(v * v for v in param_norms))
-        scalars[self._health("param_norm_total")] = total_param
-        if grad_sq:
-            scalars[self._health("grad_norm_total")] = math.sqrt(sum(grad_sq.values()))
-        scalars[self._health("nonfinite_grads")] = float(bad_grads)
-        if update_sq and total_param != 0:
-            scalars[self._health("update_ratio_total")] = (
-                math.sqrt(sum(update_sq.values())) / total_param
-            )
-        if first_bad is not None:
-            self._warn_nonfinite("gradients", first_bad)
-
-    def _merge_histograms(
-        self, floats: list[tuple[Any, list[float]]], counts: list[tuple[Any, list[float]]]
-    ) -> list[tuple[int, Histogram]]:
-        merged: dict[int, tuple[list[float], list[float]]] = {}
-        for (i, (lo, hi, total, squares)), (_, bucket) in zip(floats, counts, strict=True):
-            if i in merged:
-                head, acc = merged[i]
-                head[0], head[1] = min(head[0], lo), max(head[1], hi)
-                head[2] += total
-                head[3] += squares
-                for b, c in enumerate(bucket):
-                    acc[b] += c
-            else:
-                merged[i] = ([lo, hi, total, squares], list(bucket))
-        if not merged:
-            return []
-        limits = self._limits
-        out = []
-        for i, (head, bucket) in merged.items():
-            used = [b for b, c in enumerate(bucket) if c]
-            if not used:
-                continue
-            lo_b, hi_b = used[0], used[-1] + 1
-            out.append(
-                (
-                    i,
-                    Histogram(
-                        min=head[0],
-                        max=head[1],
-                        num=float(sum(bucket)),
-                        sum=head[2],
-                        sum_squares=head[3],
-                        bucket_limit=limits[lo_b:hi_b],
-                        bucket=bucket[lo_b:hi_b],
-                    ),
-                )
-            )
-        return out
-
-    def _warn_nonfinite(self, what: str, i: int) -> None:
-        if what in self._warned_nonfinite:
-            return
-        self._warned_nonfinite.add(what)
-        warnings.warn(
-            f"ln-diagnostics: non-finite {what} at step {self.step}; the first layer in forward "
-            f"order that produced them is '{self.layer_names[i]}'.",
-            RuntimeWarning,
-            stacklevel=2,
+        """The step's report from every rank's host vector (see :mod:`.reduce`)."""
+        return self._reduction.report(
+            ranks,
+            layout,
+            step=self.step,
+            layers=self._layers(),
+            forward=list(self._shift),
+            grouping=self._grouping,
+            limits=self._limits,
         )

@@ -22,13 +22,14 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ln_diagnostics.collect.reduce import Chunks, Layers
+
 __all__ = ["Grouping", "block_name", "block_names"]
 
-#: Chunk kinds of the collector's packed layout whose key starts with the module index.
+#: Chunk kinds whose key is the layer index (``act``'s key is ``(index, n)``).
 _PER_MODULE = ("act_hf", "act_hc", "bp", "grad_hf", "grad_hc")
 
 
@@ -48,46 +49,34 @@ def block_names(names: Sequence[str], *, depth: int) -> dict[str, str]:
 
 
 class Grouping:
-    """The block view of a collector: group names, parameters and saturation per group.
+    """The block view of the logged layers: group names, parameters and saturation per group.
 
     Args:
-        names: watched layer names, in the collector's index order.
-        saturation: each layer's saturation kind (``None`` for unbounded outputs).
-        module_params: each layer's parameter indices.
+        layers: the logged layers, in the collector's index order.
         mapping: layer name → block name; layers missing from it stay on their own.
     """
 
-    def __init__(
-        self,
-        names: Sequence[str],
-        saturation: Sequence[Any],
-        module_params: Sequence[Sequence[int]],
-        mapping: Mapping[str, str],
-    ) -> None:
-        self.group_names: list[str] = [mapping.get(name, name) for name in names]
+    def __init__(self, layers: Layers, mapping: Mapping[str, str]) -> None:
+        self.group_names: list[str] = [mapping.get(name, name) for name in layers.names]
         self.names: list[str] = list(dict.fromkeys(self.group_names))
         position = {name: g for g, name in enumerate(self.names)}
         self.index: list[int] = [position[name] for name in self.group_names]
         params: list[set[int]] = [set() for _ in self.names]
         kinds: list[Any] = [None] * len(self.names)
         for i, g in enumerate(self.index):
-            params[g].update(module_params[i])
-            kinds[g] = kinds[g] or saturation[i]
-        self.module_params = [sorted(js) for js in params]
-        self.saturation = kinds
+            params[g].update(layers.params[i])
+            kinds[g] = kinds[g] or layers.saturation[i]
+        #: the groups as the reduction sees them
+        self.layers = Layers(self.names, kinds, [sorted(js) for js in params])
 
-    def view(self, collector: Any, chunks: dict[str, list[tuple[Any, list[float]]]]) -> Any:
-        """Turn ``chunks`` (in place) and a shallow copy of ``collector`` into the block view.
+    def view(self, chunks: Chunks, order: Sequence[int]) -> tuple[Layers, list[int]]:
+        """Re-key ``chunks`` (in place) by group; the groups and their forward order.
 
-        Keys become group indices; the collector's merge re-centres activation sums that carry
-        different shifts, so the rows of a group's members add up exactly.
+        ``order`` is the layers' forward order; a group comes where its first member does. The
+        reduction re-centres activation sums that carry different shifts, so the rows of a
+        group's members add up exactly.
         """
         chunks["act"] = [((self.index[i], n), row) for (i, n), row in chunks.get("act", [])]
         for kind in _PER_MODULE:
             chunks[kind] = [(self.index[i], v) for i, v in chunks.get(kind, [])]
-        view = copy.copy(collector)
-        view.names = view.layer_names = self.names
-        view._saturation = self.saturation
-        view._module_params = self.module_params
-        view._order = list(dict.fromkeys(self.index[i] for i in collector._order))
-        return view
+        return self.layers, list(dict.fromkeys(self.index[i] for i in order))

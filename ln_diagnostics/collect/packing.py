@@ -6,18 +6,31 @@ and parameters, and on whether the step draws histograms), so under DDP or FSDP 
 module ran on one rank and not on another. The host then turns each rank's slots back into rows
 and merges them.
 
-Slot layout (float64): first the rank's :class:`Status`; per module, activations ``n, K,
-S1..S4, min, max, nonzero, saturated, nonfinite`` and backprop ``Σ‖g‖², calls``; per parameter
+The layout is written once, here: :class:`Layout` lists the blocks of the vector in order and the
+column names of their rows (:data:`ACTIVATION`, :data:`BACKPROP`, :data:`NORMS`,
+:data:`HISTOGRAM`); :func:`pack` and :func:`split` both follow it. In float64: first the rank's
+:class:`Status`; per module, activations (``n`` and the row of
+:func:`~ln_diagnostics.stats.moments.power_sums`, the fields of
+:class:`~ln_diagnostics.stats.moments.Moments`) and backprop ``Σ‖g‖², calls``; per parameter
 ``grad norm, param norm, update norm`` of the part of the tensor this rank counts (−1 when it
 counts none, see :func:`counted_part`); on histogram steps, activation and gradient histograms
 ``min, max, sum, sum², counts…``.
+
+Example:
+    >>> import torch
+    >>> layout = Layout(modules=2, params=1, hist_buckets=0)
+    >>> parts = {name: torch.zeros(rows, width) for name, rows, width in layout.blocks()}
+    >>> vector = pack(layout, parts)
+    >>> blocks = split(vector.tolist(), layout)
+    >>> len(vector), len(blocks["act"]), len(blocks["act"][0])
+    (30, 2, 11)
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -25,10 +38,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-ACT_WIDTH = 11
-BP_WIDTH = 2
-PARAM_WIDTH = 3
+from ln_diagnostics.stats.moments import FIELDS
+
+#: Columns of a module's activation slot: the number of values, then the power-sum row.
+ACTIVATION: tuple[str, ...] = ("n", *FIELDS)
+#: Columns of a module's backprop slot: sum of squared output-gradient norms, number of calls.
+BACKPROP: tuple[str, ...] = ("squares", "calls")
+#: Columns of a parameter's slot: norms of its gradient, of itself and of its update.
+NORMS: tuple[str, ...] = ("grad", "param", "update")
+#: Leading columns of a histogram slot; the bucket counts follow.
+HISTOGRAM: tuple[str, ...] = ("min", "max", "sum", "sum_squares")
 _INF = math.inf
+#: Activation columns that merge a module's calls by a reduction (initial value, reduction)
+#: instead of a sum; every call of a module after its first uses the first call's shift.
+_REDUCED = {"shift": (0.0, "amax"), "min": (_INF, "amin"), "max": (-_INF, "amax")}
 
 
 class Status(IntEnum):
@@ -41,21 +64,37 @@ class Status(IntEnum):
 
 @dataclass(frozen=True)
 class Layout:
-    """Sizes of one step's packed vector."""
+    """The blocks of one step's packed vector, in order; every rank builds the same one.
+
+    Args:
+        modules: watched modules (one row each in the per-module blocks).
+        params: parameters (one row each in the ``norms`` block).
+        hist_buckets: histogram buckets; 0 when the step draws no histograms.
+    """
 
     modules: int
     params: int
-    hist_buckets: int  # 0 when the step draws no histograms
+    hist_buckets: int
 
     @property
     def hist_width(self) -> int:
-        return 4 + self.hist_buckets
+        return len(HISTOGRAM) + self.hist_buckets
 
-    def sizes(self) -> list[int]:
-        sizes = [1, self.modules * ACT_WIDTH, self.modules * BP_WIDTH, self.params * PARAM_WIDTH]
+    def blocks(self) -> list[tuple[str, int, int]]:
+        """``(name, rows, width)`` of every block, in the order of the vector."""
+        m = self.modules
+        blocks = [
+            ("status", 1, 1),
+            ("act", m, len(ACTIVATION)),
+            ("bp", m, len(BACKPROP)),
+            ("norms", self.params, len(NORMS)),
+        ]
         if self.hist_buckets:
-            sizes += [self.modules * self.hist_width] * 2
-        return sizes
+            blocks += [("act_hist", m, self.hist_width), ("grad_hist", m, self.hist_width)]
+        return blocks
+
+    def __len__(self) -> int:
+        return sum(rows * width for _, rows, width in self.blocks())
 
 
 def _rows(rows: Sequence[Tensor], device: torch.device) -> Tensor:
@@ -73,26 +112,25 @@ def pack_activations(
     rows: Sequence[tuple[int, int, Tensor]],
     device: torch.device,
 ) -> Tensor:
-    """``[m, ACT_WIDTH]`` from per-call ``(module, numel, power_sums row)`` entries."""
-    sums = torch.zeros(m, 8, dtype=torch.float64, device=device)
-    shift = torch.zeros(m, dtype=torch.float64, device=device)
-    low = torch.full((m,), _INF, dtype=torch.float64, device=device)
-    high = torch.full((m,), -_INF, dtype=torch.float64, device=device)
+    """``[m, len(ACTIVATION)]`` from per-call ``(module, numel, power_sums row)`` entries."""
+    out = torch.zeros(m, len(ACTIVATION), dtype=torch.float64, device=device)
     if rows:
         idx = _index(rows, device)
-        data = _rows([r[2] for r in rows], device)  # FIELDS of power_sums
         n = torch.tensor([float(r[1]) for r in rows], dtype=torch.float64, device=device)
-        sums.index_add_(0, idx, torch.cat([n[:, None], data[:, 1:5], data[:, 7:]], dim=1))
-        shift.scatter_reduce_(0, idx, data[:, 0], "amax", include_self=False)
-        low.scatter_reduce_(0, idx, data[:, 5], "amin")
-        high.scatter_reduce_(0, idx, data[:, 6], "amax")
-    columns = [sums[:, :1], shift[:, None], sums[:, 1:5], low[:, None], high[:, None], sums[:, 5:]]
-    return torch.cat(columns, dim=1)
+        calls = torch.cat([n[:, None], _rows([r[2] for r in rows], device)], dim=1)
+        out.index_add_(0, idx, calls)
+    for name, (initial, how) in _REDUCED.items():
+        k = ACTIVATION.index(name)
+        column = torch.full((m,), initial, dtype=torch.float64, device=device)
+        if rows:
+            column.scatter_reduce_(0, idx, calls[:, k], how, include_self=False)
+        out[:, k] = column
+    return out
 
 
 def pack_backprop(m: int, rows: Sequence[tuple[int, Tensor]], device: torch.device) -> Tensor:
-    """``[m, BP_WIDTH]``: sum of squared output-gradient norms and number of calls."""
-    out = torch.zeros(m, BP_WIDTH, dtype=torch.float64, device=device)
+    """``[m, len(BACKPROP)]``: sum of squared output-gradient norms and number of calls."""
+    out = torch.zeros(m, len(BACKPROP), dtype=torch.float64, device=device)
     if rows:
         norms = _rows([r[1] for r in rows], device)
         out.index_add_(
@@ -115,7 +153,8 @@ def pack_norms(
 def pack_histograms(
     m: int, rows: Sequence[tuple[int, Tensor, Tensor]], buckets: int, device: torch.device
 ) -> Tensor:
-    """``[m, 4 + buckets]``: min, max, sum, sum of squares and bucket counts, merged per module."""
+    """``[m, len(HISTOGRAM) + buckets]``: :data:`HISTOGRAM`, then the bucket counts, merged per
+    module."""
     sums = torch.zeros(m, 2 + buckets, dtype=torch.float64, device=device)
     low = torch.full((m,), _INF, dtype=torch.float64, device=device)
     high = torch.full((m,), -_INF, dtype=torch.float64, device=device)
@@ -190,12 +229,26 @@ def gather(vector: Tensor) -> Tensor:
     return torch.stack(parts)
 
 
-def split(values: Sequence[float], layout: Layout) -> list[list[list[float]]]:
-    """Cut one rank's host vector into the layout's blocks of rows (the status first)."""
-    widths = [1, ACT_WIDTH, BP_WIDTH, PARAM_WIDTH] + [layout.hist_width] * 2
-    out, offset = [], 0
-    for size, width in zip(layout.sizes(), widths, strict=False):
-        block = values[offset : offset + size]
-        out.append([block[k : k + width] for k in range(0, size, width)])
-        offset += size
+def pack(layout: Layout, parts: Mapping[str, Tensor]) -> Tensor:
+    """One float64 vector of ``parts`` (block name → ``[rows, width]``) in the layout's order.
+
+    Raises:
+        ValueError: a block is missing or has another shape than the layout's.
+    """
+    pieces = []
+    for name, rows, width in layout.blocks():
+        part = parts.get(name)
+        if part is None or tuple(part.shape) != (rows, width):
+            got = None if part is None else tuple(part.shape)
+            raise ValueError(f"block {name!r} must have shape {(rows, width)}; got {got}")
+        pieces.append(part.reshape(-1).to(torch.float64))
+    return torch.cat(pieces)
+
+
+def split(values: Sequence[float], layout: Layout) -> dict[str, list[list[float]]]:
+    """Cut one rank's host vector into the layout's blocks of rows, keyed by block name."""
+    out, offset = {}, 0
+    for name, rows, width in layout.blocks():
+        out[name] = [values[offset + k * width : offset + (k + 1) * width] for k in range(rows)]
+        offset += rows * width
     return out

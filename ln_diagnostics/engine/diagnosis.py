@@ -73,6 +73,16 @@ class Diagnosis:
         if self.info is None:
             self.batch_size = batch_size(batch)
 
+    def eval_batch(self, batch: Any) -> None:
+        """Note a validation batch (its size is not yet part of the diagnosis)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing is kept through checkpoints yet."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing is kept through checkpoints yet."""
+
     def record(self, report: StepReport, collector: Any | None, writer: Any | None) -> None:
         """Keep a logging step's scalars; write the run-info record at the first one."""
         self.history.add(report.step, report.scalars)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from math import comb
 from typing import Literal
 
@@ -28,10 +28,6 @@ import torch
 from torch import Tensor
 
 Saturation = Literal["tanh", "sigmoid"]
-
-#: Layout of the row returned by :func:`power_sums` (the counts are float32 sums of 0/1 values:
-#: exact below 2**24 elements, relative error ~1e-7 beyond).
-FIELDS = ("shift", "s1", "s2", "s3", "s4", "min", "max", "nonzero", "saturated", "nonfinite")
 
 #: |y| above this counts as saturated for tanh-like outputs; sigmoid-like: y < 1 - T or y > T.
 SATURATION_THRESHOLD = 0.97
@@ -208,7 +204,11 @@ def _chunk_sums(
 
 @dataclass
 class Moments:
-    """Shifted power sums of one or more calls that share the same shift, on the host."""
+    """Shifted power sums of one or more calls that share the same shift, on the host.
+
+    The order of the fields is the row layout everywhere: ``n``, then :data:`FIELDS` (the row of
+    :func:`power_sums`); the packed per-module slots and the host reduction read it from here.
+    """
 
     n: int
     shift: float
@@ -239,6 +239,15 @@ class Moments:
         self.nonzero += other.nonzero
         self.saturated += other.saturated
         self.nonfinite += other.nonfinite
+
+
+#: Layout of the row returned by :func:`power_sums`: the fields of :class:`Moments` after ``n``
+#: (the counts are float32 sums of 0/1 values: exact below 2**24 elements, relative error ~1e-7
+#: beyond).
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Moments))[1:]
+#: The shift ``K`` and the four sums ``Σ(x−K)^p`` in a row of :data:`FIELDS`: what
+#: :func:`reshift` re-centres; the fields after them are kept as they are.
+CENTRED = slice(FIELDS.index("shift"), FIELDS.index("s4") + 1)
 
 
 def _nan_aware(fn, a: float, b: float) -> float:
@@ -286,8 +295,8 @@ def reshift(floats: Sequence[float], n: int, shift: float) -> list[float]:
         >>> [round(v, 9) for v in reshift(row, 3, 0.0)[1:5]]
         [7.0, 21.0, 73.0, 273.0]
     """
-    k, *sums = floats[:5]
+    k, *sums = floats[CENTRED]
     d = k - shift
     powers = [float(n), *sums]  # Σ(x−K)^q for q = 0..4
     out = [sum(comb(p, q) * powers[q] * d ** (p - q) for q in range(p + 1)) for p in range(1, 5)]
-    return [shift, *out, *floats[5:]]
+    return [shift, *out, *floats[CENTRED.stop :]]

@@ -42,7 +42,7 @@ def test_a_step_zero_violation_raises_at_step_zero_in_either_order(make_trainer,
     assert caught.value.tag == "parameters/norm/layer"
     assert caught.value.value == pytest.approx(before, rel=1e-6)
     assert model.batches == [0]  # no second batch was trained
-    assert diag._listeners == []  # the thresholds callback let go of its source
+    assert diag.engine._listeners == []  # the thresholds callback let go of its source
 
 
 @pytest.mark.parametrize("order", ["diag first", "thresholds first"])

@@ -5,7 +5,7 @@ import torch
 from pytorch_lightning.demos.boring_classes import BoringModel
 
 from ln_diagnostics.callbacks import LayerDiagnostics
-from ln_diagnostics.callbacks._probes import shift_interval
+from ln_diagnostics.engine.schedule import shift_interval
 from ln_diagnostics.collect.options import histogram_interval
 
 

@@ -211,9 +211,11 @@ def test_dashboard_validates_arguments(kwargs, message):
 
 def test_hparams_hold_only_the_options_that_differ_from_their_defaults():
     callback = LayerDiagnostics(every_n_steps=3, track_updates=True, probe_batch=torch.zeros(2))
-    options = constructor_options(callback, callback._probes.options)
+    assert set(callback.options.changed()) == {"every_n_steps", "probe_batch"}
+    options = constructor_options(callback, callback.options)
     assert set(changed_options(callback, options)) == {"every_n_steps", "probe_batch"}
     assert changed_options(LayerDiagnostics(), constructor_options(LayerDiagnostics())) == {}
+    assert LayerDiagnostics().options.changed() == {}
 
 
 def test_summary_markdown_and_options():
