@@ -653,11 +653,12 @@ def _batched_sums(outputs: Sequence[Tensor], work: Tensor) -> list[Tensor]:
         k = x.mean(1, keepdim=True)
         torch.sub(x, k, out=d)
         torch.mul(d, d, out=s)
+        s1, s2 = d.sum(1), s.sum(1)
         s3, s4 = torch.linalg.vecdot(s, d), torch.linalg.vecdot(s, s)  # bmm: ~20x slower
         low, high = x.amin(1), x.amax(1)  # aminmax(dim=1): ~20x slower
         nonzero = torch.ne(x, 0.0, out=d).sum(1)
         nonfinite = torch.mul(x, 0.0, out=s).nan_to_num_(nan=1.0).sum(1)
-        sums = [k[:, 0], d.sum(1), s.sum(1), s3, s4, low, high, nonzero, nonfinite]
+        sums = [k[:, 0], s1, s2, s3, s4, low, high, nonzero, nonfinite]
         results.append(torch.stack(sums, 1))
     return results
 
