@@ -41,7 +41,7 @@ def mlp(depth: int = 6, width: int = 128) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
-def train(steps: int, logdir: Path) -> ln_diagnostics.collect.loop.Diagnostics:
+def train(steps: int, logdir: Path) -> ln_diagnostics.Diagnostics:
     """The training loop; returns the detached diagnostics handle."""
     torch.manual_seed(0)
     x, y = digits()
@@ -63,7 +63,7 @@ def train(steps: int, logdir: Path) -> ln_diagnostics.collect.loop.Diagnostics:
     return diag
 
 
-def report(diag: ln_diagnostics.collect.loop.Diagnostics) -> None:
+def report(diag: ln_diagnostics.Diagnostics) -> None:
     """A per-layer table of the last logging step, from ``diag.last_logged``."""
     logged = diag.last_logged
     if logged is None:  # cannot happen after one step: step 0 always logs

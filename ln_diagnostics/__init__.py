@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING, Any
 from ln_diagnostics.errors import ThresholdViolation
 
 if TYPE_CHECKING:
-    from ln_diagnostics.attach import attach
+    from ln_diagnostics.attach import Diagnostics, attach
     from ln_diagnostics.nn.swap import SwapReport, swap_batchnorm
 
 _LAZY = {
     "attach": "ln_diagnostics.attach",
+    "Diagnostics": "ln_diagnostics.attach",
     "SwapReport": "ln_diagnostics.nn.swap",
     "swap_batchnorm": "ln_diagnostics.nn.swap",
 }
 
-__all__ = ["SwapReport", "ThresholdViolation", "attach", "swap_batchnorm"]
+__all__ = ["Diagnostics", "SwapReport", "ThresholdViolation", "attach", "swap_batchnorm"]
 __version__ = "0.1.0"
 
 

@@ -7,6 +7,7 @@ through its ``training_step`` with logging muted (also the default ICS loss).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -41,6 +42,35 @@ def _muted_logging(pl_module: Any) -> Iterator[None]:
                 setattr(pl_module, name, value)
 
 
+@contextmanager
+def _isolated_from_trainer(trainer: Any) -> Iterator[None]:
+    """Keep a probe's ``training_step`` from reaching past the module: the loggers are hidden
+    (``self.logger`` is ``None``, so a direct ``self.logger.experiment`` write fails and the probe
+    says so instead of writing a second point), and the optimizers' hyperparameters and the
+    learning-rate schedulers' state are put back (a ``self.lr_schedulers().step()`` inside it)."""
+    optimizers = list(getattr(trainer, "optimizers", None) or [])
+    groups = [
+        [
+            {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            for group in opt.param_groups
+        ]
+        for opt in optimizers
+    ]
+    configs = list(getattr(trainer, "lr_scheduler_configs", None) or [])
+    schedulers = [copy.deepcopy(config.scheduler.state_dict()) for config in configs]
+    loggers = list(trainer.loggers)
+    trainer.loggers = []
+    try:
+        yield
+    finally:
+        trainer.loggers = loggers
+        for opt, saved in zip(optimizers, groups, strict=True):
+            for group, hyper in zip(opt.param_groups, saved, strict=True):
+                group.update(hyper)
+        for config, state in zip(configs, schedulers, strict=True):
+            config.scheduler.load_state_dict(state)
+
+
 def _run_training_step(trainer: Any, module: Any, batch: Any, batch_idx: int) -> Any:
     """``module.training_step`` on ``batch`` as Lightning calls it (``batch_idx`` only when the
     signature takes it), with logging muted, inside the precision plugin's training context."""
@@ -58,21 +88,22 @@ def _run_training_step(trainer: Any, module: Any, batch: Any, batch_idx: int) ->
 
 def training_step_forward(trainer: Any) -> ForwardFn:
     """The shift probe's ``forward(module, batch)`` for a module without ``forward``: its
-    ``training_step(batch, 0)`` with logging muted and the attributes it sets restored
-    (:func:`~ln_diagnostics.collect.probing.preserved_attributes`); the output is ignored, so a
-    loss tensor, a dict or ``None`` all do. The probe runs it under ``no_grad`` and restores RNG
-    and buffers."""
+    ``training_step(batch, 0)`` with logging muted, the attributes it sets restored
+    (:func:`~ln_diagnostics.collect.probing.preserved_attributes`), the loggers hidden and the
+    optimizers' hyperparameters and schedulers put back (:func:`_isolated_from_trainer`); the
+    output is ignored, so a loss tensor, a dict or ``None`` all do. The probe runs it under
+    ``no_grad`` and restores RNG and buffers."""
 
     def forward(module: nn.Module, batch: Any) -> Any:
         try:
-            with preserved_attributes(module):
+            with preserved_attributes(module), _isolated_from_trainer(trainer):
                 return _run_training_step(trainer, module, batch, 0)
         except AttributeStateError:
             raise  # our own bookkeeping failed, not the user's training_step
         except Exception as exc:
             raise RuntimeError(
                 f"{type(module).__name__} has no forward(), so the probe ran its training_step "
-                f"on the probe batch, which raised {type(exc).__name__}: {exc}"
+                f"on the probe batch (loggers hidden), which raised {type(exc).__name__}: {exc}"
             ) from exc
 
     return forward

@@ -16,9 +16,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from ln_diagnostics.callbacks._host import LightningHost
 from ln_diagnostics.callbacks._logger import describe_loggers, tensorboard_writer
 from ln_diagnostics.collect.options import histogram_interval
-from ln_diagnostics.collect.records import LoggedScalars
-from ln_diagnostics.diagnose import Finding
-from ln_diagnostics.engine.engine import Engine
+from ln_diagnostics.engine.engine import Engine, EngineFront
 from ln_diagnostics.engine.options import DiagnosticsOptions
 from ln_diagnostics.tensorboard.summary_text import find_swap_report
 
@@ -34,7 +32,7 @@ def model_hparams(trainer: Any, pl_module: Any) -> dict[str, Any]:
     return merged
 
 
-class LayerDiagnostics(pl.Callback):
+class LayerDiagnostics(EngineFront, pl.Callback):
     """Stream per-layer activation, gradient, parameter and update statistics to TensorBoard.
 
     Statistics are a snapshot of the logging step (all forward calls and micro-batches of that
@@ -119,22 +117,7 @@ class LayerDiagnostics(pl.Callback):
         group_depth: int | None = None,
         diagnosis: bool = True,
     ) -> None:
-        self.options = DiagnosticsOptions.create(
-            every_n_steps=every_n_steps,
-            histogram_every_n_steps=histogram_every_n_steps,
-            types=types,
-            include=include,
-            exclude=exclude,
-            track_updates=track_updates,
-            shift_every_n_steps=shift_every_n_steps,
-            ics_every_n_steps=ics_every_n_steps,
-            probe_batch=probe_batch,
-            probe_forward=probe_forward,
-            ics_layers=ics_layers,
-            ics_loss=ics_loss,
-            group_depth=group_depth,
-            diagnosis=diagnosis,
-        )
+        self.options = DiagnosticsOptions.from_arguments(locals())
         self.every_n_steps = self.options.every_n_steps
         self.histogram_every_n_steps = self.options.histogram_every_n_steps
         self.group_depth = self.options.group_depth
@@ -142,16 +125,6 @@ class LayerDiagnostics(pl.Callback):
         self.engine = Engine(self.options)
         self._begun: int | None = None
         self._paused = ExitStack()
-
-    @property
-    def last_logged(self) -> LoggedScalars | None:
-        """The scalars of the most recent logging step (read by ``DiagnosticThresholds``)."""
-        return self.engine.last_logged
-
-    @property
-    def n_logged(self) -> int:
-        """How many steps have logged, over resumed runs too."""
-        return self.engine.n_logged
 
     @property
     def state_key(self) -> str:
@@ -176,25 +149,6 @@ class LayerDiagnostics(pl.Callback):
             exclude=opts.exclude,
             **{name: value for name, value in optional.items() if value is not None},
         )
-
-    def add_listener(self, listener: Callable[[LoggedScalars], None]) -> None:
-        """Call ``listener(last_logged)`` after every emitted step, once it is written.
-
-        Example:
-            >>> diag = LayerDiagnostics()
-            >>> seen = []
-            >>> diag.add_listener(seen.append)
-            >>> diag.remove_listener(seen.append)
-        """
-        self.engine.add_listener(listener)
-
-    def remove_listener(self, listener: Callable[[LoggedScalars], None]) -> None:
-        """Stop calling ``listener``; unknown listeners are ignored."""
-        self.engine.remove_listener(listener)
-
-    def diagnose(self) -> list[Finding]:
-        """The findings on the statistics logged so far (empty with ``diagnosis=False``)."""
-        return self.engine.diagnose()
 
     # ------------------------------------------------------------------ set-up and tear-down
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -57,6 +57,8 @@ class Engine:
         options: the validated options (:class:`~ln_diagnostics.engine.options.DiagnosticsOptions`).
 
     Attributes:
+        collector: the :class:`~ln_diagnostics.collect.collector.Collector`, once :meth:`setup`
+            ran (kept, without hooks, after :meth:`close`).
         last_logged: the scalars of the most recent logging step, or ``None``.
         n_logged: how many steps have logged (kept through checkpoints).
         schedule: the resolved intervals, once :meth:`setup` ran.
@@ -78,6 +80,7 @@ class Engine:
         self._dashboard_state: dict[str, Any] = {}
         self._diagnosis_state: dict[str, Any] = {}
         self._step: int | None = None
+        self._active = False
 
     # ------------------------------------------------------------------ set-up and tear-down
     def setup(
@@ -117,7 +120,7 @@ class Engine:
             )
         self._host, self.schedule, self.writer = host, schedule, writer
         self._log_metrics = log_metrics
-        self.collector = collector
+        self.collector, self._active = collector, True
         collector.attach()
         if opts.group_depth is not None:
             collector.set_groups(block_names(collector.layer_names, depth=opts.group_depth))
@@ -154,9 +157,9 @@ class Engine:
     def close(self) -> None:
         """Remove every hook and flush the writer (idempotent); the state is kept."""
         self.probes.release()
-        if self.collector is not None:
+        if self._active and self.collector is not None:
             self.collector.detach()
-            self.collector = None
+        self._active, self._step = False, None
         if self.dashboard is not None:
             self._dashboard_state = self.dashboard.state_dict()
         if self.diagnosis is not None:
@@ -168,16 +171,11 @@ class Engine:
     @property
     def active(self) -> bool:
         """Whether the engine is set up and its hooks are on the model."""
-        return self.collector is not None
-
-    @property
-    def step_open(self) -> bool:
-        """Whether a step began and has not ended."""
-        return self._step is not None
+        return self._active
 
     def begin_step(self, step: int, batch: Any = _NO_BATCH, batch_idx: int = 0) -> None:
         """Optimizer step ``step`` begins: before its first forward pass."""
-        if self.collector is None or self.schedule is None:
+        if not self._active or self.collector is None or self.schedule is None:
             return
         self._step = step
         logs = self.schedule.logs(step)
@@ -188,7 +186,7 @@ class Engine:
 
     def batch(self, batch: Any, batch_idx: int = 0) -> None:
         """Hand over the current step's batch (a plain loop's optional call)."""
-        if self.collector is not None and self._step is not None:
+        if self._active and self._step is not None:
             self.probes.batch(batch, batch_idx)
             if self.diagnosis is not None and self.schedule and self.schedule.logs(self._step):
                 self.diagnosis.batch_start(batch)
@@ -200,14 +198,14 @@ class Engine:
 
     def before_optimizer_step(self, optimizer: Any | None = None) -> None:
         """Gradients are final for this step."""
-        if self.collector is not None:
+        if self._active and self.collector is not None:
             self.collector.before_optimizer_step(optimizer)
             self.probes.before_optimizer_step()
 
     def end_step(self) -> StepReport | None:
         """The optimizer stepped: measure, emit and return the step's report (``None`` when the
         step did not log)."""
-        if self.collector is None or self._step is None:
+        if not self._active or self.collector is None or self._step is None:
             return None
         report = self.collector.end_step()
         step, self._step = self._step, None
@@ -224,10 +222,17 @@ class Engine:
             self._emit(report)
         return report
 
+    def cancel_step(self) -> None:
+        """Drop the open step without measuring or emitting it (a loop about to resume)."""
+        if self._active and self.collector is not None and self._step is not None:
+            self.collector.end_step()
+            self.probes.end()
+            self._step = None
+
     @contextmanager
     def paused(self) -> Iterator[None]:
         """No hooks of ours run inside the block (validation, a user's evaluation)."""
-        with self.collector.paused() if self.collector is not None else nullcontext():
+        with self.collector.paused() if self._active and self.collector else nullcontext():
             yield
 
     def _emit(self, report: StepReport) -> None:
@@ -289,3 +294,41 @@ class Engine:
         self._diagnosis_state = dict(state.get("diagnosis", {}))
         if self.diagnosis is not None:
             self.diagnosis.load_state_dict(self._diagnosis_state)
+
+
+class EngineFront:
+    """What every front end offers over its :attr:`engine`: the last report, the count of logged
+    steps, listeners and the findings."""
+
+    engine: Engine
+
+    @property
+    def last_logged(self) -> LoggedScalars | None:
+        """The scalars of the most recent logging step (read by ``DiagnosticThresholds``), or
+        ``None``."""
+        return self.engine.last_logged
+
+    @property
+    def n_logged(self) -> int:
+        """How many steps have logged, over resumed runs too."""
+        return self.engine.n_logged
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(last_logged)`` after every emitted step, once it is written.
+
+        Example:
+            >>> from ln_diagnostics.callbacks import LayerDiagnostics
+            >>> diag = LayerDiagnostics()
+            >>> seen = []
+            >>> diag.add_listener(seen.append)
+            >>> diag.remove_listener(seen.append)
+        """
+        self.engine.add_listener(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``; unknown listeners are ignored."""
+        self.engine.remove_listener(listener)
+
+    def diagnose(self) -> list[Finding]:
+        """The findings on the statistics logged so far (empty with ``diagnosis=False``)."""
+        return self.engine.diagnose()

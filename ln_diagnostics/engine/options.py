@@ -7,8 +7,8 @@ run summary and the HParams tab list the same names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ln_diagnostics._validate import check_bool, check_optional_int
@@ -48,57 +48,33 @@ class DiagnosticsOptions:
     probe: ProbeOptions = field(init=False, repr=False, compare=False)
 
     @classmethod
-    def create(
-        cls,
-        *,
-        every_n_steps: int | None = None,
-        histogram_every_n_steps: int | None = None,
-        types: Sequence[str | type] | None = None,
-        include: str | Sequence[str] | None = None,
-        exclude: str | Sequence[str] | None = None,
-        track_updates: bool = True,
-        shift_every_n_steps: int | None = None,
-        ics_every_n_steps: int = 0,
-        probe_batch: Any | None = None,
-        probe_forward: Callable[[Any, Any], Any] | None = None,
-        ics_layers: str | Sequence[str] | None = None,
-        ics_loss: Callable[[Any, Any], Any] | None = None,
-        group_depth: int | None = None,
-        diagnosis: bool = True,
-    ) -> DiagnosticsOptions:
-        """Validate user input; errors name the argument, the expectation and the value."""
-        selection = SelectionOptions.create(
-            types=types, include=include, exclude=exclude, track_updates=track_updates
-        )
-        probe = ProbeOptions.create(
-            shift_every_n_steps=shift_every_n_steps,
-            ics_every_n_steps=ics_every_n_steps,
-            probe_batch=probe_batch,
-            probe_forward=probe_forward,
-            ics_layers=ics_layers,
-            ics_loss=ics_loss,
-        )
+    def create(cls, **given: Any) -> DiagnosticsOptions:
+        """Validate the options given by name (the others keep their defaults); errors name the
+        argument, the expectation and the value."""
+        unknown = sorted(set(given) - set(OPTION_NAMES))
+        if unknown:
+            raise TypeError(f"unknown options {unknown}; the options are {list(OPTION_NAMES)}")
+        opts = {name: given.get(name, _DEFAULTS[name]) for name in OPTION_NAMES}
+        selection = SelectionOptions.create(**{name: opts[name] for name in _SELECTION})
+        probe = ProbeOptions.create(**{name: opts[name] for name in _PROBE})
         options = cls(
-            every_n_steps=check_optional_int("every_n_steps", every_n_steps, minimum=1),
+            every_n_steps=check_optional_int("every_n_steps", opts["every_n_steps"], minimum=1),
             histogram_every_n_steps=check_optional_int(
-                "histogram_every_n_steps", histogram_every_n_steps, minimum=0
+                "histogram_every_n_steps", opts["histogram_every_n_steps"], minimum=0
             ),
-            types=selection.types,
-            include=selection.include,
-            exclude=selection.exclude,
-            track_updates=selection.track_updates,
-            shift_every_n_steps=probe.shift_every_n_steps,
-            ics_every_n_steps=probe.ics_every_n_steps,
-            probe_batch=probe.probe_batch,
-            probe_forward=probe.probe_forward,
-            ics_layers=probe.ics_layers,
-            ics_loss=probe.ics_loss,
-            group_depth=check_optional_int("group_depth", group_depth, minimum=1),
-            diagnosis=check_bool("diagnosis", diagnosis),
+            **{name: getattr(selection, name) for name in _SELECTION},
+            **{name: getattr(probe, name) for name in _PROBE},
+            group_depth=check_optional_int("group_depth", opts["group_depth"], minimum=1),
+            diagnosis=check_bool("diagnosis", opts["diagnosis"]),
         )
         object.__setattr__(options, "selection", selection)
         object.__setattr__(options, "probe", probe)
         return options
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> DiagnosticsOptions:
+        """The options among a front end's arguments (its ``locals()``), validated."""
+        return cls.create(**{name: arguments[name] for name in OPTION_NAMES if name in arguments})
 
     def as_dict(self) -> dict[str, Any]:
         """Every option by name, as given (intervals not yet resolved)."""
@@ -107,3 +83,10 @@ class DiagnosticsOptions:
     def changed(self) -> dict[str, Any]:
         """The options given a value other than their default."""
         return changed_options(self, self.as_dict())
+
+
+#: The option names, in the constructors' order.
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(DiagnosticsOptions) if f.init)
+_DEFAULTS = {f.name: f.default for f in fields(DiagnosticsOptions) if f.init}
+_SELECTION = tuple(f.name for f in fields(SelectionOptions))
+_PROBE = tuple(f.name for f in fields(ProbeOptions))

@@ -5,8 +5,8 @@ import torch
 from pytorch_lightning.demos.boring_classes import BoringModel
 
 from ln_diagnostics.callbacks import LayerDiagnostics
-from ln_diagnostics.engine.schedule import shift_interval
 from ln_diagnostics.collect.options import histogram_interval
+from ln_diagnostics.engine.schedule import shift_interval
 
 
 @pytest.mark.parametrize(

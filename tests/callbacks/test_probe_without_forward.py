@@ -295,3 +295,42 @@ def test_attribute_bookkeeping_failures_are_reported_as_ours():
     with pytest.raises(AttributeStateError, match=r"could not save attribute NoForward\.odd"):
         with preserved_attributes(model):
             pass
+
+
+class StepsItsScheduler(NoForward):
+    """Steps its own scheduler in ``training_step`` (allowed under automatic optimization)."""
+
+    def training_step(self, batch, batch_idx):
+        self.lr_schedulers().step()
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def test_a_scheduler_stepped_in_training_step_is_put_back_after_the_probe(make_trainer):
+    _, plain, _ = fit(make_trainer, [], StepsItsScheduler)
+    trainer, probed, ours = fit(make_trainer, [LayerDiagnostics()], StepsItsScheduler)
+    assert ours == []
+    # the probe's training_step stepped the scheduler too, and it was put back
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == plain.trainer.optimizers[0].param_groups[0]["lr"] < 0.1 * 0.5**STEPS
+    same_parameters(plain, probed)
+
+
+class WritesToTheExperiment(NoForward):
+    def training_step(self, batch, batch_idx):
+        self.logger.experiment.add_scalar("mine", float(self.global_step), self.global_step)
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_training_step_that_writes_to_the_logger_itself_is_not_probed_twice(
+    make_trainer, events
+):
+    trainer, _, ours = fit(make_trainer, [LayerDiagnostics()], WritesToTheExperiment)
+    points = [(e.step, e.value) for e in events(trainer.logger.log_dir).Scalars("mine")]
+    assert points == [(s, float(s)) for s in range(STEPS)]  # one point a step, none from a probe
+    assert len(ours) == 1  # the probe says why it stopped and what to pass
+    assert "loggers hidden" in ours[0] and "probe_forward" in ours[0]

@@ -106,6 +106,19 @@ def test_plain_pytorch_table_matches_the_event_file(tmp_path):
     assert float(rows["12"][5]) == pytest.approx(tags["updates/ratio/12"][-1][1], rel=1e-2)
 
 
+def test_fabric_ddp_prints_the_global_statistics_rank_0_wrote(tmp_path):
+    out = run_example("fabric_ddp.py", "--steps", "51", "--logdir", str(tmp_path / "tb"))
+    lines = [line.split() for line in out.splitlines() if line.startswith("step ")]
+    assert [int(words[1]) for words in lines] == [0, 50]  # rank 0 only, once per logging step
+    assert out.count("diagnosis (2 logging steps)") == 1
+    assert "vanishing_gradients" in out  # a 12-layer tanh MLP without normalization
+    runs = read_scalars(tmp_path / "tb")
+    assert list(runs) == ["."]  # one writer: rank 0
+    for words in lines:
+        step, value = runs["."]["health/grad_norm_total"][lines.index(words)]
+        assert step == int(words[1]) and float(words[3]) == pytest.approx(value, rel=1e-2)
+
+
 def test_shift_depth_table_matches_the_event_files_and_layernorm_shifts_less(tmp_path):
     out = run_example("shift_depth.py", "--steps", "21", "--logdir", str(tmp_path))
     assert "shift/mean_init at the last probe (step 20)" in out

@@ -99,6 +99,22 @@ CASES = [
     (attach, "exclude", [3], ValueError,
      "exclude must be a glob string or a list of non-empty glob strings; got [3]"),
     (attach, "track_updates", None, ValueError, "track_updates must be True or False; got None"),
+    (attach, "shift_every_n_steps", "1", ValueError,
+     "shift_every_n_steps must be an integer >= 0; got '1'"),
+    (attach, "ics_every_n_steps", -1, ValueError,
+     "ics_every_n_steps must be an integer >= 0; got -1"),
+    (attach, "probe_forward", "model", ValueError,
+     "probe_forward must be a callable (module, batch) -> output or None; got 'model'"),
+    (attach, "ics_layers", 3, ValueError,
+     "ics_layers must be a glob string or a list of non-empty glob strings; got 3"),
+    (attach, "ics_loss", 1, ValueError,
+     "ics_loss must be a callable (module, batch) -> scalar loss tensor or None; got 1"),
+    (attach, "group_depth", 0, ValueError,
+     "group_depth must be an integer >= 1; got 0"),
+    (attach, "group_depth", 1.5, ValueError,
+     "group_depth must be an integer >= 1; got 1.5"),
+    (attach, "diagnosis", 1, ValueError,
+     "diagnosis must be True or False; got 1"),
     (swap_batchnorm, "model", None, TypeError, "model must be a torch.nn.Module; got NoneType"),
     (swap_batchnorm, "target", "LayerNorm", ValueError,
      "target must be one of 'layernorm', 'groupnorm', 'rmsnorm'; got 'LayerNorm'"),
@@ -111,7 +127,7 @@ CASES = [
 ]  # fmt: skip
 
 #: Arguments that take any value: the probe batch is whatever the model's forward accepts.
-ANY_VALUE = {(LayerDiagnostics, "probe_batch")}
+ANY_VALUE = {(LayerDiagnostics, "probe_batch"), (attach, "probe_batch")}
 #: Positional first arguments that have no valid default.
 NEEDS_MODEL = {attach, swap_batchnorm}
 
