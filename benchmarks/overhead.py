@@ -66,6 +66,7 @@ Run::
     python benchmarks/overhead.py --quick                # 1 round, 3 steps: a smoke run
     python benchmarks/overhead.py --breakdown ours_default --steps 300   # step 0 / logging step
     python benchmarks/overhead.py --profile ours_every_1 --models mlp   # cProfile breakdown
+    python benchmarks/overhead.py --kernels              # per-output designs, norms (µs)
 
 Results go to ``benchmarks/results/overhead.json`` (``--json`` to change). Numbers depend on the
 machine and its load: compare ratios, not milliseconds, and rerun on a quiet machine before
