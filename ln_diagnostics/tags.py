@@ -39,10 +39,15 @@ GROUPS: tuple[str, ...] = (*LAYER_GROUPS, HEALTH)
 #: The model-wide statistics the collector logs under ``health/``, in the dashboards' order.
 HEALTH_STATS: tuple[str, ...] = (
     "grad_norm_total",
+    # the largest grad_norm_total of the optimizer steps since the previous logging step (that
+    # step excluded, this one included): a spike between two logging steps shows at the next
+    "grad_norm_total_max",
     "param_norm_total",
     "update_ratio_total",
     "backprop_depth_log10",
     "nonfinite_grads",
+    # how many optimizer steps of that window had a non-finite total gradient norm
+    "nonfinite_grad_steps",
     "nonfinite_activations",
 )
 

@@ -3,13 +3,15 @@ logging step into a :class:`StepReport` with one packed device-to-host copy.
 
 A step's life: ``begin_step`` decides whether the step logs and registers the forward hooks for a
 logging step only; the hooks (and tensor hooks on the outputs, for the backward pass) append small
-device tensors;
-``before_optimizer_step`` reads gradient and parameter norms and keeps a copy of the parameters;
-``end_step`` measures the update, packs everything into one float64 vector, copies it to the host
-once and reduces it there, and removes the forward hooks again. Other steps run without our hooks:
-a module with a hook takes PyTorch's slower call path. Where ``torch.compile`` is in play the hooks
-stay registered from ``attach`` to ``detach`` (a compiled graph keeps calling the hooks it was
-traced with and ignores hooks registered later) and return at their first line on other steps.
+device tensors; ``before_optimizer_step`` reads gradient and parameter norms and keeps a copy of
+the parameters (on every other step it only adds the step's total gradient norm to a
+device-side window, so that a spike between two logging steps reaches the next one);
+``end_step`` measures the update, packs everything into one float64 vector, copies it to the
+host once and reduces it there (:mod:`~ln_diagnostics.collect.reduce`), and removes the forward
+hooks again. Other steps run without our hooks: a module with a hook takes PyTorch's slower call
+path. Where ``torch.compile`` is in play the hooks stay registered from ``attach`` to ``detach``
+(a compiled graph keeps calling the hooks it was traced with and ignores hooks registered later)
+and return at their first line on other steps.
 
 Example:
     >>> import torch
@@ -51,6 +53,7 @@ from ln_diagnostics.collect.packing import (
     pack_backprop,
     pack_histograms,
     pack_norms,
+    rank,
 )
 from ln_diagnostics.collect.records import StepReport
 from ln_diagnostics.collect.reduce import Layers, Reduction
@@ -104,6 +107,26 @@ def _norms(tensors: list[Tensor]) -> list[Tensor]:
         for i, norm in zip(indices, norms, strict=True):
             out[i] = norm
     return out
+
+
+def _sum_of_squares(tensors: list[Tensor], device: torch.device) -> Tensor:
+    """``Σ‖t‖²`` over ``tensors``, a float64 0-d tensor on ``device``, without a host sync.
+
+    The norms are accumulated in float32 (float64 for float64 tensors; one fused kernel per
+    (device, dtype) group, no converted copy) and squared and added in float64: a pass over the
+    gradients at about half the cost of float64 accumulation on the CPU, with a relative error
+    of ~1e-6. A float32 sum of squares overflows above a norm of ~1.8e19, which then reads as
+    infinite.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
+    for t in tensors:
+        groups[(t.device, t.dtype)].append(t)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for (_, dtype), group in groups.items():
+        accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+        norms = torch.stack(torch._foreach_norm(group, 2.0, dtype=accumulate))
+        total += norms.to(device=device, dtype=torch.float64).square().sum()
+    return total
 
 
 def _compile_count() -> int:
@@ -183,6 +206,10 @@ class Collector:
         #: work buffers of the activation statistics, shared with probes that pause the collector
         self.scratch = Scratch()
         self._reduction = Reduction(tag_prefix=tag_prefix)
+        # Σ‖g‖² of each step since the last logging step (device), and how many gradient
+        # tensors each step read (host; -1 where reading failed): the window sentinels
+        self._window = torch.zeros(0, dtype=torch.float64)
+        self._window_reads: list[int] = []
         self.step = 0
         self._on = False
         self._hist_on = False
@@ -218,6 +245,7 @@ class Collector:
         self.scratch.clear()
         self._on = self._hist_on = False
         self._reset_step_state()
+        self._window_reads = []
 
     _grouping: Grouping | None = None
 
@@ -254,6 +282,8 @@ class Collector:
         if ids == self._param_ids:
             return
         self._params, self._param_ids = params, ids
+        dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor exists
+        self._sharded = dtensor is not None and any(isinstance(p, dtensor.DTensor) for p in params)
         position = {pid: j for j, pid in enumerate(ids)}
         owned = [module_parameters(m) for m in self.modules] + [
             [getattr(module, name) for module, name in slots] for slots in self._owner_slots
@@ -290,6 +320,7 @@ class Collector:
             self._persistent = True  # compiled since attach, perhaps by a wrapper outside
         if self._on:
             self._bind_parameters()
+        self._open_window_slot()
         if self._armed and (self._on or self._persistent):
             self._register()
         elif not self._persistent:
@@ -309,25 +340,53 @@ class Collector:
             self._on = on
 
     def before_optimizer_step(self, optimizer: Any | None = None) -> None:
-        """Read gradients (after unscaling and accumulation, before clipping) on logging steps.
+        """Read gradients (after unscaling and accumulation, before clipping).
 
         With ``optimizer``, read the gradients of its parameters, so that with several
         optimizers stepping in one batch each parameter's gradient is the one its own optimizer
-        steps with; without, read every gradient. A parameter is read once per step; parameter
-        norms and the update snapshot are taken at the first call, before any update. Each rank
+        steps with; without, read every gradient. A parameter is read once per step. Each rank
         reads the part of every tensor it counts (an FSDP2 shard: see
-        :func:`~ln_diagnostics.collect.packing.counted_part`). A failure warns once; the step's
-        gradient, parameter and update statistics are then not logged, and training goes on.
-        """
-        if not self._on:
-            return
-        try:
-            self._read_gradients(optimizer)
-        except Exception as exc:
-            self._status = max(self._status, Status.GRADIENTS_LOST)
-            self._fail("reading gradients and parameters", exc)
+        :func:`~ln_diagnostics.collect.packing.counted_part`).
 
-    def _read_gradients(self, optimizer: Any | None) -> None:
+        On a logging step this reads gradient and parameter norms (the latter and the update
+        snapshot at the first call, before any update). On every step, logging or not, the
+        step's sum of squared gradient norms is added to a device-side window (one fused norm
+        kernel per device and dtype, no host sync), which the next logging step packs with the
+        rest: ``health/grad_norm_total_max`` and ``health/nonfinite_grad_steps`` cover every
+        step since the previous logging step. A failure warns once; what it concerns is then not
+        logged for such steps, and training goes on.
+        """
+        try:
+            if self._on:
+                self._read_gradients(optimizer)
+            elif self._window_reads:
+                self._watch_gradients(optimizer)
+        except Exception as exc:
+            if self._window_reads:
+                self._window_reads[-1] = -1  # the window misses this step
+            if self._on:
+                self._status = max(self._status, Status.GRADIENTS_LOST)
+                self._fail("reading gradients and parameters", exc)
+            else:
+                self._fail("measuring the total gradient norm between logging steps", exc)
+
+    def _open_window_slot(self) -> None:
+        """A zero slot of the window for this step, on the parameters' device."""
+        used = len(self._window_reads)
+        if used >= self._window.numel() or self._window.device != self._device:
+            grown = torch.zeros(max(16, 2 * used), dtype=torch.float64, device=self._device)
+            grown[:used] = self._window[:used].to(self._device)
+            self._window = grown
+        self._window_reads.append(0)
+
+    def _add_to_window(self, squares: Tensor, tensors: int) -> None:
+        """Add ``squares`` (``Σ‖g‖²`` of ``tensors`` gradient tensors) to this step's slot."""
+        if self._window_reads[-1] >= 0:
+            self._window[len(self._window_reads) - 1] += squares
+            self._window_reads[-1] += tensors
+
+    def _fresh(self, optimizer: Any | None) -> list[int]:
+        """Indices of the parameters with a gradient not read yet this step (``optimizer``'s)."""
         owned = (
             None
             if optimizer is None
@@ -338,20 +397,35 @@ class Collector:
             for j, p in enumerate(self._params)
             if p.grad is not None and j not in self._read and (owned is None or id(p) in owned)
         ]
+        self._read.update(fresh)
+        return fresh
+
+    def _watch_gradients(self, optimizer: Any | None) -> None:
+        """A step that does not log: the window's share of the gradients only."""
+        grads = list(self._counted(self._fresh(optimizer), lambda p: _dense(p.grad)).values())
+        if grads:
+            self._add_to_window(_sum_of_squares(grads, self._device), len(grads))
+
+    def _read_gradients(self, optimizer: Any | None) -> None:
+        fresh = self._fresh(optimizer)
         if self._grads is not None and not fresh:
             return
-        self._read.update(fresh)
         grad_of = self._counted(fresh, lambda p: _dense(p.grad))
         present, grads = list(grad_of), list(grad_of.values())
         if self._grads is None:
             params = self._counted(range(len(self._params)), Tensor.detach)
             norms = _norms(grads + list(params.values()))  # one fused kernel
-            self._grads = (present, norms[: len(grads)], list(params), norms[len(grads) :])
+            grad_norms = norms[: len(grads)]
+            self._grads = (present, grad_norms, list(params), norms[len(grads) :])
             if self.track_updates:
                 self._snapshot = self._copy_watched_params()
         else:
-            read, grad_norms, *params = self._grads
-            self._grads = (read + present, grad_norms + _norms(grads), *params)
+            read, earlier, *params = self._grads
+            grad_norms = _norms(grads)
+            self._grads = (read + present, earlier + grad_norms, *params)
+        if grad_norms:  # the window's share: the same float64 norms
+            squares = torch.stack([n.to(self._device) for n in grad_norms]).double().square()
+            self._add_to_window(squares.sum(), len(grads))
         if self._hist_on and self._edges is not None:
             # one row per parameter, merged per module when packed: no concatenated copy
             # (watched modules only: parameter owners log norms, not histograms)
@@ -366,6 +440,8 @@ class Collector:
         self, indices: Iterable[int], read: Callable[[Tensor], Tensor]
     ) -> dict[int, Tensor]:
         """``read(parameter)`` at ``indices``: the part this rank counts, where it counts one."""
+        if not self._sharded:  # plain tensors only: rank 0 counts them all (see counted_part)
+            return {j: read(self._params[j]) for j in indices} if rank() == 0 else {}
         parts = {j: counted_part(read(self._params[j])) for j in indices}
         return {j: t for j, t in parts.items() if t is not None}
 
@@ -399,6 +475,8 @@ class Collector:
             report = None
         self._on = self._hist_on = False
         self._reset_step_state()
+        self._window[: len(self._window_reads)].zero_()  # a new window opens
+        self._window_reads = []
         return report
 
     # ------------------------------------------------------------------ hooks
@@ -478,7 +556,8 @@ class Collector:
         device = self._device
         m, p = len(self.modules), len(self._params)
         buckets = self._edges.numel() + 1 if self._hist_on and self._edges is not None else 0
-        layout = Layout(m, p, buckets)
+        window = len(self._window_reads)
+        layout = Layout(m, p, buckets, window)
         absent = torch.full((p,), -1.0, dtype=torch.float64, device=device)
         grad_n = param_n = update_n = absent
         if self._grads is not None:
@@ -495,6 +574,8 @@ class Collector:
             "bp": pack_backprop(m, self._backprop, device),
             "norms": torch.stack([grad_n, param_n, update_n], dim=1),
         }
+        reads = torch.tensor(self._window_reads, dtype=torch.float64, device=device)
+        parts["window"] = torch.stack([self._window[:window].to(device), reads], dim=1)
         if buckets:
             parts["act_hist"] = pack_histograms(m, self._act_hist, buckets, device)
             parts["grad_hist"] = pack_histograms(m, self._grad_hist, buckets, device)

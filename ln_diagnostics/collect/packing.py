@@ -13,8 +13,9 @@ column names of their rows (:data:`ACTIVATION`, :data:`BACKPROP`, :data:`NORMS`,
 :func:`~ln_diagnostics.stats.moments.power_sums`, the fields of
 :class:`~ln_diagnostics.stats.moments.Moments`) and backprop ``Σ‖g‖², calls``; per parameter
 ``grad norm, param norm, update norm`` of the part of the tensor this rank counts (−1 when it
-counts none, see :func:`counted_part`); on histogram steps, activation and gradient histograms
-``min, max, sum, sum², counts…``.
+counts none, see :func:`counted_part`); per step since the previous logging step, the sum of
+squared gradient norms and the number of gradient tensors read; on histogram steps, activation
+and gradient histograms ``min, max, sum, sum², counts…``.
 
 Example:
     >>> import torch
@@ -46,6 +47,9 @@ ACTIVATION: tuple[str, ...] = ("n", *FIELDS)
 BACKPROP: tuple[str, ...] = ("squares", "calls")
 #: Columns of a parameter's slot: norms of its gradient, of itself and of its update.
 NORMS: tuple[str, ...] = ("grad", "param", "update")
+#: Columns of a step's slot in the window since the previous logging step: the sum of squared
+#: gradient norms this rank counted, and how many gradient tensors it read (−1: reading failed).
+WINDOW: tuple[str, ...] = ("squares", "tensors")
 #: Leading columns of a histogram slot; the bucket counts follow.
 HISTOGRAM: tuple[str, ...] = ("min", "max", "sum", "sum_squares")
 _INF = math.inf
@@ -70,11 +74,14 @@ class Layout:
         modules: watched modules (one row each in the per-module blocks).
         params: parameters (one row each in the ``norms`` block).
         hist_buckets: histogram buckets; 0 when the step draws no histograms.
+        window: steps since the previous logging step, this one included (one row each in the
+            ``window`` block).
     """
 
     modules: int
     params: int
     hist_buckets: int
+    window: int = 0
 
     @property
     def hist_width(self) -> int:
@@ -88,6 +95,7 @@ class Layout:
             ("act", m, len(ACTIVATION)),
             ("bp", m, len(BACKPROP)),
             ("norms", self.params, len(NORMS)),
+            ("window", self.window, len(WINDOW)),
         ]
         if self.hist_buckets:
             blocks += [("act_hist", m, self.hist_width), ("grad_hist", m, self.hist_width)]

@@ -124,7 +124,7 @@ class Reduction:
             return None
         chunks, order = _chunks(ranks, layout, layers.watched_params, forward)
         if worst == Status.GRADIENTS_LOST:
-            for kind in ("param", "grad", "update", "grad_hf", "grad_hc"):
+            for kind in ("param", "grad", "update", "grad_hf", "grad_hc", "window"):
                 chunks[kind] = []
         if grouping is not None:
             layers, order = grouping.view(chunks, order)
@@ -132,6 +132,7 @@ class Reduction:
         histograms: dict[str, Histogram] = {}
         self._activation_scalars(chunks, layers, order, step, scalars)
         self._gradient_scalars(chunks, layers, step, scalars)
+        self._window_scalars(chunks, scalars)
         for kind, group in (("act", ACTIVATIONS), ("grad", GRADIENTS)):
             floats, counts = chunks[f"{kind}_hf"], chunks[f"{kind}_hc"]
             for i, hist in _merge_histograms(floats, counts, limits):
@@ -256,6 +257,26 @@ class Reduction:
         if first_bad is not None:
             self._warn_nonfinite("gradients", step, layers.names[first_bad])
 
+    def _window_scalars(self, chunks: Chunks, scalars: dict[str, float]) -> None:
+        """The window sentinels: the largest total gradient norm of the steps since the previous
+        logging step (NaN if one was NaN) and how many of them had a non-finite one."""
+        if not chunks["window"]:
+            return
+        norms = [math.sqrt(squares) for squares in chunks["window"][0][1]]
+        largest = math.nan if any(map(math.isnan, norms)) else max(norms)
+        scalars[self._health("grad_norm_total_max")] = largest
+        bad = sum(1 for norm in norms if not math.isfinite(norm))
+        scalars[self._health("nonfinite_grad_steps")] = float(bad)
+
+
+def _window(blocks: list[dict[str, list[list[float]]]]) -> list[float] | None:
+    """Each step's total squared gradient norm since the previous logging step (the steps where
+    some rank read a gradient), or ``None`` when a rank failed to read one of the steps."""
+    steps = list(zip(*(block["window"] for block in blocks), strict=True))  # per step, per rank
+    if any(tensors < 0 for step in steps for _, tensors in step):
+        return None
+    return [sum(sq for sq, _ in step) for step in steps if sum(t for _, t in step) > 0]
+
 
 def _chunks(
     ranks: list[list[float]], layout: Layout, watched: list[int], forward: Sequence[int]
@@ -293,6 +314,9 @@ def _chunks(
             chunks["grad"].append((present, [grad[j] for j in present]))
         if any(update[j] != -1.0 for j in watched):
             chunks["update"].append((None, [update[j] for j in watched]))
+    window = _window(blocks)
+    if window:
+        chunks["window"].append((None, window))
     seen = {key[0] for key, _ in chunks["act"]}
     seen |= {i for i, _ in chunks["bp"]}
     return chunks, [*forward, *sorted(seen - set(forward))]

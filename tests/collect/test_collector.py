@@ -2,7 +2,6 @@
 
 import math
 import pickle
-import sys
 import warnings
 
 import numpy as np
@@ -270,36 +269,15 @@ def test_a_zero_size_parameter_does_not_break_a_histogram_step():
     )
 
 
-class SyncCounter:
-    """Counts host-sync entry points called from ln_diagnostics code."""
-
-    NAMES = ("item", "tolist", "cpu", "numpy", "__float__", "__bool__", "__int__")
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        for name in self.NAMES:
-            original = getattr(torch.Tensor, name)
-            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, original))
-
-    def _wrap(self, name, original):
-        def wrapper(tensor, *args, **kwargs):
-            caller = sys._getframe(1).f_code.co_filename
-            if "ln_diagnostics" in caller:
-                self.calls.append(name)
-            return original(tensor, *args, **kwargs)
-
-        return wrapper
-
-
 @pytest.mark.parametrize("depth", [2, 12])
 def test_no_host_sync_on_non_logging_steps_and_a_constant_number_on_logging_steps(
-    monkeypatch, depth
+    sync_counter, depth
 ):
     torch.manual_seed(5)
     model = mlp(depth=depth)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     diag = attach(model, every_n_steps=4, histogram_every_n_steps=8)
-    counter = SyncCounter(monkeypatch)
+    counter = sync_counter()
     per_step = []
     for _ in range(9):
         before = len(counter.calls)

@@ -4,8 +4,10 @@ Usage: python ddp_run.py OUT_DIR. The two processes are started once and run sev
 per entry of ``RUNS``, each into ``OUT_DIR/<run>/``: ``LayerDiagnostics()`` with its defaults
 first, then the options under test. Each rank trains on its own data (rank r's samples are
 shifted by 3r) and saves its step-0 batch to ``OUT_DIR/<run>/batch{r}.pt``; rank 0 saves the
-initial weights to ``OUT_DIR/<run>/init.pt``. Only rank 1 runs ``only_rank1``, so that a module
-that ran on one rank and not the other is exercised. Warnings of ours are counted per rank.
+initial weights to ``OUT_DIR/<run>/init.pt`` and each rank the float64 total norm of its
+(averaged) gradients at every step to ``OUT_DIR/<run>/norms{r}.pt``. Only rank 1 runs
+``only_rank1``, so that a module that ran on one rank and not the other is exercised. Warnings of
+ours are counted per rank.
 """
 
 import os
@@ -33,6 +35,8 @@ RUNS = {
         11,
     ),
     "grouped": ({"group_depth": 1}, 1),
+    # logs at steps 0 and 5: the window sentinels of steps 1..5, against norms{rank}.pt
+    "window": ({"every_n_steps": 5}, 6),
     "mismatched": ({}, 1),  # rank 1 watches fewer modules: an error at setup, not a hang
 }
 
@@ -52,6 +56,7 @@ class Net(LightningModule):
         self.net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
         self.only_rank1 = nn.ReLU()
         self.out = out
+        self.norms: list[float] = []  # total gradient norm of every step, from float64 norms
 
     def forward(self, x):
         return self.net(x)
@@ -69,6 +74,10 @@ class Net(LightningModule):
             torch.save(x, self.out / f"batch{self.global_rank}.pt")
             self.out = None
         return self.loss(x, self.global_rank)
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad.double().norm() for p in self.parameters() if p.grad is not None]
+        self.norms.append(torch.stack(grads).norm().item())
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=LR)
@@ -118,6 +127,7 @@ def fit(out: Path, options: dict, max_steps: int) -> None:
             (out / f"error{trainer.global_rank}.txt").write_text(str(exc))
     ours = [m for m in map(str, (w.message for w in caught)) if "iagnostics" in m]
     rank = trainer.global_rank
+    torch.save(model.norms, out / f"norms{rank}.pt")
     (out / f"warnings{rank}.txt").write_text("\n".join(ours))
     (out / f"collectives{rank}.txt").write_text(str(counter.calls))
     packing.dist.all_gather = counter.gather

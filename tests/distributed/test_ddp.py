@@ -28,6 +28,8 @@ def test_step_0_equals_one_process_on_the_union_batch(out, worker, reference, sc
     assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
     total = sum(want[f"gradients/norm/{n}"] ** 2 for n in ("net.0", "net.2")) ** 0.5
     assert logged["health/grad_norm_total"][0] == pytest.approx(total, rel=1e-5)
+    # the window of step 0 is step 0: DDP's replicated gradients counted once
+    assert logged["health/grad_norm_total_max"][0] == pytest.approx(total, rel=1e-5)
     # the ranks see different data: neither rank's own statistics would pass
     model = _initial(out / run, worker)
     with torch.no_grad():
@@ -87,12 +89,24 @@ def test_group_depth_pools_the_block_over_both_ranks(out, worker, scalars):
     assert "gradients/norm/net.0" not in logged
 
 
-@pytest.mark.parametrize("run", ["default", "every_step", "grouped"])
+def test_window_sentinels_cover_the_steps_between_logging_steps(out, scalars):
+    logged, _ = scalars(out / "window" / "tb")
+    norms = [torch.load(out / "window" / f"norms{r}.pt") for r in (0, 1)]
+    assert len(norms[0]) == 6 and norms[0] == pytest.approx(norms[1], rel=1e-12)  # averaged
+    window = logged["health/grad_norm_total_max"]
+    assert sorted(window) == [0, 5]
+    assert window[0] == pytest.approx(norms[0][0], rel=1e-5)
+    assert window[5] == pytest.approx(max(norms[0][1:6]), rel=1e-5)
+    assert window[5] != pytest.approx(logged["health/grad_norm_total"][5], rel=1e-3)
+    assert logged["health/nonfinite_grad_steps"] == {0: 0.0, 5: 0.0}
+
+
+@pytest.mark.parametrize("run", ["default", "every_step", "grouped", "window"])
 def test_one_writer_no_warning_one_collective_per_logging_step(out, run):
     assert len(list((out / run).rglob("events.out.tfevents.*"))) == 1  # rank 0 writes
     for rank in (0, 1):
         assert (out / run / f"warnings{rank}.txt").read_text() == ""
-    logging_steps = {"default": 1, "every_step": 11, "grouped": 1}[run]
+    logging_steps = {"default": 1, "every_step": 11, "grouped": 1, "window": 2}[run]
     assert [(out / run / f"collectives{r}.txt").read_text() for r in (0, 1)] == [
         str(logging_steps)
     ] * 2

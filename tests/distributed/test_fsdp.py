@@ -38,6 +38,8 @@ def test_step_0_equals_the_unsharded_model_on_the_union_batch(
     assert {tag: logged[tag][0] for tag in want} == pytest.approx(want, rel=1e-5, abs=1e-7)
     total = sum(want[f"gradients/norm/{prefix}{n}"] ** 2 for n in "02") ** 0.5
     assert logged["health/grad_norm_total"][0] == pytest.approx(total, rel=1e-5)
+    # the window of step 0 is step 0: shards add up, replicas are counted once
+    assert logged["health/grad_norm_total_max"][0] == pytest.approx(total, rel=1e-5)
     # every rank gets the same, global report
     assert _reports(out / case, 1)["0"] == pytest.approx(_reports(out / case, 0)["0"])
     for rank in (0, 1):
