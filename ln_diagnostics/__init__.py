@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ln_diagnostics.errors import ThresholdViolation
+from ln_diagnostics.errors import ArgumentError, ThresholdViolation
 
 if TYPE_CHECKING:
     from ln_diagnostics.attach import Diagnostics, attach
@@ -22,7 +22,14 @@ _LAZY = {
     "swap_batchnorm": "ln_diagnostics.nn.swap",
 }
 
-__all__ = ["Diagnostics", "SwapReport", "ThresholdViolation", "attach", "swap_batchnorm"]
+__all__ = [
+    "ArgumentError",
+    "Diagnostics",
+    "SwapReport",
+    "ThresholdViolation",
+    "attach",
+    "swap_batchnorm",
+]
 __version__ = "0.1.0"
 
 

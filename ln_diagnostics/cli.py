@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ln_diagnostics._table import text_table
 from ln_diagnostics.diagnose import severity_rank
 from ln_diagnostics.tags import HEALTH, clip, matches, natural_key, parse_tag
 from ln_diagnostics.tensorboard.diagnosis import (
@@ -81,15 +82,6 @@ def _json_number(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    rows = [list(headers), *(list(row) for row in rows)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
 def _write_text(path: str, text: str, what: str) -> None:
     try:
         Path(path).write_text(text, encoding="utf-8")
@@ -105,13 +97,17 @@ def _write_text(path: str, text: str, what: str) -> None:
 def _scan(args: argparse.Namespace, run_dir: Path, sink_for: SinkFor) -> RunScan:
     """Read one run with the command's reading options; note each incomplete record read up to."""
     scan = scan_run(run_dir, sink_for, allow_partial=args.allow_partial, merge=args.merge)
-    for path, offset in scan.partial:
+    _note_partial(args, scan.partial)
+    return scan
+
+
+def _note_partial(args: argparse.Namespace, partial: Iterable[tuple[Path, int]]) -> None:
+    for path, offset in partial:
         print(
             f"{PROG} {args.command}: note: '{path}' ends inside the record at byte {offset}; "
             "read up to it (--allow-partial)",
             file=sys.stderr,
         )
-    return scan
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -141,7 +137,9 @@ def _check(args: argparse.Namespace) -> int:
                 )
             skipped.append((rule, reason))
         results.extend((run, result) for result in evaluation.results)
-    results.extend(finding_results(rules, args.logdir))
+    results.extend(
+        finding_results(rules, args.logdir, allow_partial=args.allow_partial, merge=args.merge)
+    )
     results = _ordered(rules, results)
     shown = (
         [(run, r) for run, r in results if _status(r) != "PASS"] if args.failures_only else results
@@ -196,7 +194,7 @@ def _ordered(
 def _check_table(results: Sequence[tuple[str, RuleResult]]) -> str:
     """One row per (run, tag); FIRST is the step of the first point beyond a bound and
     CROSSINGS how many points were (``-`` and 0 for a rule that passed)."""
-    return _table(
+    return text_table(
         ["RULE", "RUN", "TAG", "VALUE", "STEP", "FIRST", "CROSSINGS", "BOUND", "OVER", "RESULT"],
         [
             [
@@ -437,7 +435,7 @@ def _compare(args: argparse.Namespace) -> int:
         if args.failures_only:
             rows = [row for row in rows if row[-1] == "DIFF"]
         if rows:
-            print(_table(["TAG", "BASELINE", "CANDIDATE", "DELTA", "REL", "RESULT"], rows))
+            print(text_table(["TAG", "BASELINE", "CANDIDATE", "DELTA", "REL", "RESULT"], rows))
         elif not common:
             print("(no tag in common)")
         if only_base:
@@ -559,7 +557,7 @@ def _layer_table(
     cells = [[digits(layers[n][c]) if c in layers[n] else "-" for c in chosen] for n in names]
     rest = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
     label_width = _fitted("LAYER", names, rest, width)
-    text = _table(
+    text = text_table(
         ["LAYER", *headers],
         [[clip(name, label_width), *row] for name, row in zip(names, cells, strict=True)],
     )
@@ -576,7 +574,9 @@ def _scalar_table(label: str, rows: Sequence[Sequence[str]], width: int | None) 
         max(len(head), *(len(row[i]) for row in rows)) for i, head in ((1, "VALUE"), (2, "STEP"))
     ]
     tag_width = _fitted(label, [row[0] for row in rows], rest, width)
-    return _table([label, "VALUE", "STEP"], [[clip(row[0], tag_width), *row[1:]] for row in rows])
+    return text_table(
+        [label, "VALUE", "STEP"], [[clip(row[0], tag_width), *row[1:]] for row in rows]
+    )
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -622,7 +622,9 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    results = diagnose_logdir(args.logdir)
+    results = diagnose_logdir(args.logdir, allow_partial=args.allow_partial, merge=args.merge)
+    for result in results.values():
+        _note_partial(args, result.partial)
     print(logdir_report(results))
     if args.json:
         _write_text(args.json, json.dumps(logdir_json(results), indent=2), "JSON report")
@@ -713,6 +715,20 @@ example:
 
 exit codes: 0 written, 2 bad usage or bad input (no run, several runs, an unhealthy run,
 --out exists without --force or lies in a missing directory)
+"""
+
+
+_DIAGNOSE_EPILOG = f"""\
+One findings table per run, as LayerDiagnostics prints at fit end: severity, finding, layer (or
+a range of layers), the logging steps it held at, what was measured and what to try. The table
+fits the terminal (100 columns when output is not a terminal); --json writes every finding with
+its evidence. The layers' order and types come from the run's diagnostics/layers record.
+
+example:
+  {PROG} diagnose lightning_logs --fail-on error --json diagnosis.json
+
+exit codes: 0 diagnosed (1 with --fail-on when a finding of that severity or worse exists),
+2 bad usage or bad input
 """
 
 
@@ -829,12 +845,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summary.set_defaults(handler=_summary)
 
-    diagnose = commands.add_parser(
+    diagnose = _command(
+        commands,
         "diagnose",
-        help="say what is wrong, in which layer, since which step, and what to try",
+        summary="say what is wrong, in which layer, since which step, and what to try",
         description="Diagnose every run under LOGDIR: findings ranked by severity and step.",
-        epilog="exit codes: 0 diagnosed (1 with --fail-on when a finding of that severity or "
-        "worse exists), 2 bad usage or bad input",
+        epilog=_DIAGNOSE_EPILOG,
     )
     diagnose.add_argument(
         "logdir", metavar="LOGDIR", help="TensorBoard log directory (searched recursively)"

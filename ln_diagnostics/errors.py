@@ -4,8 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+__all__ = ["ArgumentError", "ThresholdViolation"]
+
 #: How many failing tags a ``ThresholdViolation`` message names before "and N more".
 SHOWN_TAGS = 10
+
+
+class ArgumentError(ValueError, TypeError):
+    """A public constructor or function refused an argument.
+
+    Every argument check of the package raises it, with one message for one bad value whichever
+    constructor received it: the argument's name, what was expected and what was received. It
+    is both a ``ValueError`` and a ``TypeError``, so ``except ValueError`` and
+    ``except TypeError`` both catch it, whichever of the two the bad value suggests.
+
+    Attributes:
+        argument: the name of the refused argument (``"include"``, ``"exclude[1]"``...).
+
+    Example:
+        >>> from ln_diagnostics import swap_batchnorm
+        >>> from torch import nn
+        >>> try:
+        ...     swap_batchnorm(nn.BatchNorm1d(2), copy_affine=0)
+        ... except TypeError as error:  # or ValueError
+        ...     print(error.argument, "|", error)
+        copy_affine | copy_affine must be True or False; got 0
+    """
+
+    def __init__(self, argument: str, message: str) -> None:
+        self.argument = argument
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[ArgumentError], tuple[str, str]]:
+        # the default rebuilds from ``args`` (the message alone) and would lose ``argument``
+        return type(self), (self.argument, str(self))
 
 
 class ThresholdViolation(RuntimeError):

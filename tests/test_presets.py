@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args, get_origin, get_type_hints
 
 import pytest
 import yaml
 
+from ln_diagnostics.callbacks import DiagnosticThresholds, LayerDiagnostics, NormSwap
 from ln_diagnostics.tensorboard.reader import read_scalars
 from ln_diagnostics.thresholds.rules import parse_rules
 
@@ -36,10 +39,25 @@ def option(callback, key):
     raise AssertionError(f"{type(callback).__name__} keeps no attribute for option {key!r}")
 
 
+def plain(value):
+    """Lists and tuples alike as tuples, nested ones too: one callback keeps a list option as a
+    list, another as a tuple; what counts is the items."""
+    return tuple(plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def expected(key, value):
-    if key == "rules":
-        return parse_rules(value)
-    return tuple(value) if isinstance(value, list) else value
+    return parse_rules(value) if key == "rules" else plain(value)
+
+
+def built_by_the_cli_parser(cls, init_args):
+    """``cls`` built from YAML ``init_args`` the way LightningCLI builds a callback: Lightning's
+    argument parser (jsonargparse) reads the constructor's signature and instantiates it."""
+    from pytorch_lightning.cli import LightningArgumentParser
+
+    parser = LightningArgumentParser()
+    parser.add_class_arguments(cls, "callback")
+    config = parser.parse_string(yaml.safe_dump({"callback": init_args}))
+    return parser.instantiate_classes(config).callback
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=[p.name for p in PRESETS])
@@ -57,10 +75,46 @@ def test_preset_trains_through_lightning_cli(path, tmp_path, monkeypatch):
     assert [type(c).__name__ for c in ours] == [s["class_path"].rsplit(".", 1)[1] for s in specs]
     for callback, spec in zip(ours, specs, strict=True):
         for key, value in spec.get("init_args", {}).items():
-            assert option(callback, key) == expected(key, value), (path.name, key)
+            assert plain(option(callback, key)) == expected(key, value), (path.name, key)
     tags = read_scalars(tmp_path)["."]
     assert "health/grad_norm_total" in tags  # the diagnostics callback logged step 0
 
 
 def test_there_are_presets():
     assert len(PRESETS) >= 3
+
+
+RULES = [{"tag": "health/*", "max": 1.0}, {"tag": "gradients/norm/*", "max": 10.0, "over": "mean"}]
+#: A list for every constructor option that takes one (several items, so that a list read as
+#: one string, or only its first item, shows).
+LISTS = {
+    NormSwap: {"include": ["features.*", "stem"], "exclude": ["head*", "*.bn"]},
+    LayerDiagnostics: {
+        "types": ["torch.nn.Linear", "torch.nn.LayerNorm"],
+        "include": ["net.*", "head"],
+        "exclude": ["*.dropout*", "head.1"],
+        "ics_layers": ["net.0", "net.2"],
+    },
+    DiagnosticThresholds: {"rules": RULES},
+}
+
+
+def takes_a_list(annotation):
+    return any(get_origin(t) in (list, Sequence) for t in (annotation, *get_args(annotation)))
+
+
+@pytest.mark.parametrize("cls", list(LISTS), ids=lambda cls: cls.__name__)
+def test_list_valued_options_reach_the_callback_as_the_same_items(cls):
+    hints = get_type_hints(cls.__init__)
+    assert {name for name, hint in hints.items() if takes_a_list(hint)} == set(LISTS[cls])
+    from_yaml = built_by_the_cli_parser(cls, LISTS[cls])
+    direct = cls(**LISTS[cls])
+    # the checkpoint key names every non-default LayerDiagnostics option and the rules' content
+    assert from_yaml.state_key == direct.state_key
+    if cls is LayerDiagnostics:
+        assert direct.state_key != cls().state_key
+    if cls is NormSwap:
+        assert plain(from_yaml.include) == ("features.*", "stem")
+        assert plain(from_yaml.exclude) == ("head*", "*.bn")
+    if cls is DiagnosticThresholds:
+        assert from_yaml.rules == direct.rules == parse_rules(RULES)

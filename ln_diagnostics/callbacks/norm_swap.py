@@ -8,14 +8,9 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from ln_diagnostics._validate import check_bool, check_choice, check_globs
 from ln_diagnostics.callbacks._logger import tensorboard_writer
-from ln_diagnostics.nn.swap import (
-    SwapReport,
-    swap_batchnorm,
-    validate_bool,
-    validate_patterns,
-    validate_target,
-)
+from ln_diagnostics.nn.swap import TARGETS, SwapReport, swap_batchnorm
 
 __all__ = ["NormSwap"]
 
@@ -73,12 +68,12 @@ class NormSwap(pl.Callback):
         copy_affine: bool = True,
     ) -> None:
         super().__init__()
-        self.target = validate_target(target)
-        include_p = validate_patterns("include", include)
-        exclude_p = validate_patterns("exclude", exclude)
-        self.include = None if include_p is None else list(include_p)
-        self.exclude = None if exclude_p is None else list(exclude_p)
-        self.copy_affine = validate_bool("copy_affine", copy_affine)
+        self.target = check_choice("target", target, TARGETS)
+        include_p = check_globs("include", include, allow_empty=False)
+        exclude_p = check_globs("exclude", exclude)
+        self.include = list(include_p) if include_p else None
+        self.exclude = list(exclude_p) if exclude_p else None
+        self.copy_affine = check_bool("copy_affine", copy_affine)
         self.report: SwapReport | None = None
         self._done: weakref.WeakSet[Any] = weakref.WeakSet()
         self._logged = False

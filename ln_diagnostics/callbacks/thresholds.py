@@ -1,22 +1,17 @@
 """``DiagnosticThresholds``: fail, stop or warn when a live diagnostic leaves its bounds.
 
-The callback does not compute anything itself. Every callback in ``trainer.callbacks`` that has
-a ``last_logged`` attribute (``LayerDiagnostics`` does) is a *source*: after each training batch,
-and once more when training ends, each source's newest ``LoggedScalars`` is checked if its step
-has not been checked yet. A source that offers ``add_listener`` (``LayerDiagnostics`` does) also
-calls the check the moment it emits a step, so a violation is caught on its own step whether the
-source comes before or after this callback in ``Trainer(callbacks=[...])``. Rules are the same
-``[[rule]]`` tables ``ln-diagnostics check`` reads, evaluated by the same engine.
-
-When a rule is decided:
-
-* ``over="all"``: each new point as it is logged.
-* ``over="max"``/``"min"``/``"mean"``: as soon as the verdict can no longer change (a running
-  max above ``max``, a running min below ``min``, a NaN), otherwise when training ends, on the
-  full history of the run (kept in the callback state, so it survives a resume).
-  ``over="last"`` is decided when training ends.
-
-So the callback never fails a run that ``ln-diagnostics check`` would pass on the same values.
+The callback computes nothing itself. Every callback in ``trainer.callbacks`` that has a
+``last_logged`` attribute (``LayerDiagnostics`` does) is a *source*: after each training batch,
+and once more when training ends, each source's newest ``LoggedScalars`` is handed to a
+:class:`~ln_diagnostics.thresholds.live.LiveEvaluator` if its step has not been handed over yet.
+A source that offers ``add_listener`` (``LayerDiagnostics`` does) also calls the check the
+moment it emits a step, so a violation is caught on its own step whether the source comes before
+or after this callback in ``Trainer(callbacks=[...])``; a step is counted once however it
+arrives. Two sources that log one tag at one step give two points, as they do in the event file.
+Rules are the same ``[[rule]]`` tables ``ln-diagnostics check`` reads, evaluated by the same
+engine, so the callback never fails a run that ``ln-diagnostics check`` would pass on the same
+values; when each kind of rule is decided is told in :mod:`ln_diagnostics.thresholds.live`.
+The folds of every tag are kept in the callback state, so a resumed run is judged on all of it.
 """
 
 from __future__ import annotations
@@ -30,19 +25,10 @@ from functools import partial
 from typing import Any, Literal
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
 
-from ln_diagnostics.errors import ThresholdViolation
-from ln_diagnostics.tags import natural_key
-from ln_diagnostics.thresholds.engine import (
-    RuleResult,
-    _excess,
-    describe_unmatched,
-    evaluate_series,
-    is_settled,
-    matches,
-    value_passes,
-)
-from ln_diagnostics.thresholds.findings import evaluate_findings
+from ln_diagnostics._validate import check_choice
+from ln_diagnostics.thresholds.live import LiveEvaluator, Violation
 from ln_diagnostics.thresholds.rules import Rule, RuleError, load_rules, parse_rules
 
 OnViolation = Literal["raise", "stop", "warn"]
@@ -63,6 +49,12 @@ class DiagnosticThresholds(pl.Callback):
             the worst tag, value, bound and step, and every tag that fails the rule there;
             ``"stop"`` prints that message and sets ``trainer.should_stop``; ``"warn"`` warns
             once per rule.
+
+    Attributes:
+        rules: the parsed rules.
+        evaluator: the :class:`~ln_diagnostics.thresholds.live.LiveEvaluator` fed with every
+            checked step; ``evaluator.results()`` are the verdicts ``ln-diagnostics check``
+            gives on the same values.
 
     Raises:
         ValueError: a rule is invalid or the file is missing or malformed (the message names the
@@ -93,11 +85,7 @@ class DiagnosticThresholds(pl.Callback):
         on_violation: OnViolation = "raise",
     ) -> None:
         super().__init__()
-        if on_violation not in ON_VIOLATION_CHOICES:
-            raise ValueError(
-                f"DiagnosticThresholds: on_violation must be one of "
-                f"{', '.join(repr(c) for c in ON_VIOLATION_CHOICES)}; got {on_violation!r}"
-            )
+        check_choice("on_violation", on_violation, ON_VIOLATION_CHOICES)
         try:
             if isinstance(rules, (str, os.PathLike)):
                 self.rules: tuple[Rule, ...] = load_rules(rules)
@@ -110,14 +98,9 @@ class DiagnosticThresholds(pl.Callback):
         except RuleError as error:
             raise RuleError(f"DiagnosticThresholds: {error}") from None
         self.on_violation: OnViolation = on_violation
-        self._aggregate_rules = [rule for rule in self.rules if rule.over != "all"]
+        self.evaluator = LiveEvaluator(self.rules)
         self._checked_steps: dict[str, int] = {}
-        self._reported: set[str] = set()
-        self._matched: set[str] = set()
         self._unmatched_warned: set[str] = set()
-        self._history: dict[str, list[tuple[int, float]]] = {}
-        self._seen_tags: set[str] = set()
-        self._match_cache: dict[str, tuple[Rule, ...]] = {}
         self._listening: list[tuple[Any, Callable[[Any], None]]] = []
 
     @property
@@ -175,93 +158,25 @@ class DiagnosticThresholds(pl.Callback):
             if step <= self._checked_steps.get(name, -1):
                 continue
             self._checked_steps[name] = step
-            self._check(trainer, step, logged.scalars)
+            self._act(trainer, self.evaluator.add(step, logged.scalars))
 
-    # ------------------------------------------------------------------ checking
+    # ------------------------------------------------------------------ acting
 
-    def _rules_for(self, tag: str) -> tuple[Rule, ...]:
-        rules = self._match_cache.get(tag)
-        if rules is None:
-            rules = self._match_cache[tag] = tuple(r for r in self.rules if matches(r, tag))
-        return rules
-
-    def _check(self, trainer: pl.Trainer, step: int, scalars: Mapping[str, float]) -> None:
-        self._seen_tags.update(scalars)
-        failures: dict[str, list[RuleResult]] = {}
-        for tag, raw in scalars.items():
-            value = float(raw)
-            for rule in self._rules_for(tag):
-                if step < rule.after_step:
-                    continue
-                self._matched.add(rule.key)
-                if rule.over != "all":
-                    history = self._history.setdefault(tag, [])
-                    if not history or history[-1][0] != step:
-                        history.append((step, value))
-                if value_passes(rule, value):  # a passing point settles nothing
-                    continue
-                # One point decides over="all"; for an aggregate it decides only a verdict that
-                # no later point can undo (the first value above max is the running max, ...).
-                result = evaluate_series(rule, tag, [(step, value)])
-                if is_settled(result):
-                    failures.setdefault(rule.key, []).append(result)
-        for results in failures.values():
-            self._violation(trainer, results)
-
-    def _aggregate_results(self, rule: Rule) -> list[RuleResult]:
-        results = []
-        for tag, points in self._history.items():
-            if matches(rule, tag):
-                selected = [p for p in points if p[0] >= rule.after_step]
-                if selected:
-                    results.append(evaluate_series(rule, tag, selected))
-        return results
-
-    def _violation(self, trainer: pl.Trainer, failures: Sequence[RuleResult]) -> None:
-        """Report one rule's failing tags at once: the worst value, and every tag by name."""
-        rule = failures[0].rule
-        if rule.key in self._reported:
-            return
-        self._reported.add(rule.key)
-        worst = (  # a finding rule has no bound to exceed: its one result is the worst
-            failures[0]
-            if rule.finding
-            else max(failures, key=lambda result: _excess(rule, result.value))
-        )
-        error = ThresholdViolation(
-            rule.label,
-            worst.tag,
-            worst.value,
-            self._bound(worst),
-            worst.step,
-            failing=sorted((result.tag for result in failures), key=natural_key),
-        )
-        if rule.severity == "warn":
-            if trainer.is_global_zero:
-                warnings.warn(f"DiagnosticThresholds: warn: {error}", UserWarning, stacklevel=2)
-        elif self.on_violation == "raise":
-            raise error
-        elif self.on_violation == "stop":
-            trainer.should_stop = True
-            if trainer.is_global_zero:
-                print(f"DiagnosticThresholds: stopping: {error}", file=sys.stderr, flush=True)
-        elif trainer.is_global_zero:
-            warnings.warn(f"DiagnosticThresholds: {error}", UserWarning, stacklevel=2)
-
-    def _check_findings(self, trainer: pl.Trainer) -> None:
-        """``finding`` rules on the diagnosis of every source that offers ``diagnose()``."""
-        rules = [rule for rule in self.rules if rule.finding]
-        for _name, source in self._sources(trainer) if rules else ():
-            if callable(getattr(source, "diagnose", None)):
-                self._matched.update(rule.key for rule in rules)
-                for result in evaluate_findings(rules, source.diagnose()):
-                    if not result.passed:
-                        self._violation(trainer, [result])
-
-    @staticmethod
-    def _bound(result: RuleResult) -> str:
-        over = result.rule.over
-        return result.bound if over == "all" else f"{result.bound}, over {over}"
+    def _act(self, trainer: pl.Trainer, violations: Sequence[Violation]) -> None:
+        """Raise, stop or warn, as ``on_violation`` and each rule's severity say."""
+        for violation in violations:
+            error = violation.error()
+            if violation.rule.severity == "warn":
+                if trainer.is_global_zero:
+                    warnings.warn(f"DiagnosticThresholds: warn: {error}", UserWarning, stacklevel=2)
+            elif self.on_violation == "raise":
+                raise error
+            elif self.on_violation == "stop":
+                trainer.should_stop = True
+                if trainer.is_global_zero:
+                    print(f"DiagnosticThresholds: stopping: {error}", file=sys.stderr, flush=True)
+            elif trainer.is_global_zero:
+                warnings.warn(f"DiagnosticThresholds: {error}", UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ hooks
 
@@ -277,24 +192,28 @@ class DiagnosticThresholds(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._poll(trainer)
-        self._check_findings(trainer)
-        for rule in self._aggregate_rules:
-            failures = [result for result in self._aggregate_results(rule) if not result.passed]
-            if failures:
-                self._violation(trainer, failures)
+        if any(rule.finding for rule in self.rules):
+            for _, source in self._sources(trainer):
+                # a source built with diagnosis=False has no findings to offer, not "none found"
+                if callable(getattr(source, "diagnose", None)) and getattr(
+                    source, "diagnosis", True
+                ):
+                    self._act(trainer, self.evaluator.add_findings(source.diagnose()))
+        self._act(trainer, self.evaluator.finish())
         if not self._checked_steps:
             return  # nothing was logged; ``setup`` already warned when there is no source
-        last_step = max(self._checked_steps.values())
-        for rule in self.rules:
-            if rule.optional or rule.key in self._matched or rule.key in self._unmatched_warned:
+        for rule, reason in self.evaluator.unmatched():
+            if rule.optional or rule.key in self._unmatched_warned:
                 continue
             self._unmatched_warned.add(rule.key)
+            if rule.finding:
+                reason += (
+                    ": no source offers diagnose() with its diagnosis on (LayerDiagnostics() "
+                    "does; `ln-diagnostics check` diagnoses the event files)"
+                )
             if trainer.is_global_zero:
-                tags: dict[str, list[tuple[int, float]]] = {tag: [] for tag in self._seen_tags}
-                reason = describe_unmatched(rule, tags, last_step=last_step)
                 warnings.warn(
-                    f"DiagnosticThresholds: {reason} in the logged diagnostics "
-                    "(set optional = true if that is expected)",
+                    f"DiagnosticThresholds: {reason} (set optional = true if that is expected)",
                     UserWarning,
                     stacklevel=2,
                 )
@@ -312,20 +231,19 @@ class DiagnosticThresholds(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "checked_steps": dict(self._checked_steps),
-            "reported": sorted(self._reported),
-            "matched": sorted(self._matched),
             "unmatched_warned": sorted(self._unmatched_warned),
-            "history": {tag: [list(p) for p in points] for tag, points in self._history.items()},
+            **self.evaluator.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._checked_steps = {
             str(k): int(v) for k, v in state_dict.get("checked_steps", {}).items()
         }
-        self._reported = set(state_dict.get("reported", ()))
-        self._matched = set(state_dict.get("matched", ()))
         self._unmatched_warned = set(state_dict.get("unmatched_warned", ()))
-        self._history = {
-            str(tag): [(int(s), float(v)) for s, v in points]
-            for tag, points in state_dict.get("history", {}).items()
-        }
+        incomplete = self.evaluator.load_state_dict(state_dict)
+        if incomplete:
+            rank_zero_warn(
+                "DiagnosticThresholds: the checkpoint was written with other threshold rules; "
+                f"{', '.join(repr(rule.label) for rule in incomplete)} count only the points "
+                "logged from the resume on"
+            )

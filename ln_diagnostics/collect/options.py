@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ln_diagnostics._validate import check_bool, check_globs
+from ln_diagnostics._validate import argument_error, check_bool, check_globs, describe
 from ln_diagnostics.collect.collector import Collector
 from ln_diagnostics.collect.selection import (
     no_match_message,
@@ -71,17 +71,12 @@ class SelectionOptions:
         if isinstance(types, (str, type)):
             types = [types]
         if types is not None and (not isinstance(types, Sequence) or not types):
-            raise ValueError(
-                f"types must be None or a non-empty list of nn.Module classes; got {types!r}"
-            )
-        if include is not None and not isinstance(include, str) and not include:
-            raise ValueError(
-                "include must be None (every module) or a glob string or a non-empty list of "
-                f"glob strings; got {include!r}"
+            raise argument_error(
+                "types", "None or a non-empty list of nn.Module classes", describe(types)
             )
         return cls(
             types=None if types is None else resolve_types(types),
-            include=check_globs("include", include),
+            include=check_globs("include", include, allow_empty=False),
             exclude=check_globs("exclude", exclude),
             track_updates=check_bool("track_updates", track_updates),
         )

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ln_diagnostics._validate import argument_error, describe
+from ln_diagnostics.errors import ArgumentError
 from ln_diagnostics.stats.moments import Saturation
 from ln_diagnostics.tags import matches
 
@@ -61,13 +63,14 @@ def resolve_types(types: Sequence[type | str]) -> tuple[type, ...]:
             try:
                 entry = getattr(importlib.import_module(module_name), attr)
             except (ImportError, AttributeError, ValueError) as exc:
-                raise ValueError(
+                raise ArgumentError(
+                    "types",
                     f"types: could not import {entry!r} (expected a dotted path to an nn.Module "
-                    f"class such as 'torch.nn.Linear'): {exc}"
+                    f"class such as 'torch.nn.Linear'): {exc}",
                 ) from None
         if not (isinstance(entry, type) and issubclass(entry, nn.Module)):
-            raise ValueError(
-                f"types: expected nn.Module classes or their dotted paths; got {entry!r}"
+            raise argument_error(
+                "types", "nn.Module classes or their dotted paths", describe(entry)
             )
         resolved.append(entry)
     return tuple(resolved)

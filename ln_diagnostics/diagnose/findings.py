@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ln_diagnostics._table import markdown_table, text_table
+
 Severity = Literal["info", "warning", "error"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
 
@@ -100,42 +102,40 @@ def worst_severity(findings: Iterable[Finding]) -> str | None:
     return SEVERITIES[max(ranks)] if ranks else None
 
 
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def findings_markdown(findings: Sequence[Finding]) -> str:
     """The findings as a markdown table (TensorBoard's Text tab renders it).
 
     Columns: severity, finding, layer, steps, what was measured, what to try.
     """
-    lines = [
-        "| severity | finding | layer | steps | what | what to try |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines.extend(
-        f"| {f.severity} | {f.kind} | {_md(f.layer) or '(model)'} | {f.steps} | "
-        f"{_md(f.message)} | {_md(f.advice)} |"
-        for f in findings
+    return markdown_table(
+        ["severity", "finding", "layer", "steps", "what", "what to try"],
+        [
+            [f.severity, f.kind, f.layer or "(model)", f.steps, f.message, f.advice]
+            for f in findings
+        ],
     )
-    return "\n".join(lines)
 
 
-def findings_table(findings: Sequence[Finding]) -> str:
-    """The findings as an aligned plain-text table for a console, advice on its own line."""
-    header = ["SEVERITY", "FINDING", "LAYER", "STEPS", "WHAT"]
-    rows = [[f.severity, f.kind, f.layer or "(model)", f.steps, f.message] for f in findings]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    indent = " " * (sum(widths) + 2 * 4)
+def findings_table(findings: Sequence[Finding], *, width: int | None = None) -> str:
+    """The findings as an aligned plain-text table for a console, advice under the measurement.
 
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + (
-            f"  {row[4]}"
-        )
-
-    out = [line(header)]
-    for f, row in zip(findings, rows, strict=True):
-        out.append(line(row))
-        if f.advice:
-            out.append(f"{indent}-> {f.advice}")
-    return "\n".join(out)
+    Args:
+        findings: the findings, in the order to print them.
+        width: no line is wider than this: the layer and the measurement and advice wrap over
+            several lines; ``None``: one line per finding and its advice.
+    """
+    return text_table(
+        ["SEVERITY", "FINDING", "LAYER", "STEPS", "WHAT"],
+        [
+            [
+                f.severity,
+                f.kind,
+                f.layer or "(model)",
+                f.steps,
+                f.message + (f"\n-> {f.advice}" if f.advice else ""),
+            ]
+            for f in findings
+        ],
+        width=width,
+        wrap=(2, 4),
+    )

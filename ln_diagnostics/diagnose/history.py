@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +85,9 @@ class History:
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 2:
             raise ValueError(f"max_entries must be an integer >= 2; got {max_entries!r}")
         self.max_entries = max_entries
+        self._clear()
+
+    def _clear(self) -> None:
         self._stride = 1
         self._entries = 0  # entries seen
         self._kept: array[int] = array("q")  # entry indices kept
@@ -160,6 +164,52 @@ class History:
     def tags(self) -> list[str]:
         """The kept tags, in first-seen order."""
         return [name for name, (indices, _) in self._series.items() if len(indices)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history as plain lists of ints and floats (what ``torch.load(weights_only=True)``
+        reads back), no bigger than the history itself: a tag logged at every kept step stores
+        its values only."""
+        kept = self._kept.tolist()
+        return {
+            "max_entries": self.max_entries,
+            "stride": self._stride,
+            "entries": self._entries,
+            "kept": kept,
+            "steps": [self._steps[i] for i in kept],
+            "series": {
+                name: (None if len(indices) == len(kept) else indices.tolist(), values.tolist())
+                for name, (indices, values) in self._series.items()
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`; missing keys leave an empty history.
+
+        Raises:
+            ValueError: the state's lists do not fit together (the message says which).
+        """
+        self._clear()
+        if "kept" not in state:
+            return
+        kept, steps = array("q", state["kept"]), list(state["steps"])
+        if len(kept) != len(steps):
+            raise ValueError(
+                f"History state: {len(kept)} kept entries but {len(steps)} steps; expected one "
+                "step per kept entry"
+            )
+        for name, (indices, values) in state["series"].items():
+            pair = (kept if indices is None else array("q", indices), array("f", values))
+            if len(pair[0]) != len(pair[1]):
+                raise ValueError(
+                    f"History state: tag {name!r} has {len(pair[0])} entries but "
+                    f"{len(pair[1])} values"
+                )
+            self._series[name] = (array("q", pair[0]), pair[1])
+        self.max_entries = int(state["max_entries"])
+        self._stride = int(state["stride"])
+        self._entries = int(state["entries"])
+        self._kept = kept
+        self._steps = dict(zip(kept, steps, strict=True))
 
     @classmethod
     def from_series(

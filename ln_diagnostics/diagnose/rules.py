@@ -92,6 +92,13 @@ ADVICE: dict[str, str] = {
     "healthy": "nothing to do",
 }
 
+#: ``batchnorm_small_batch``'s advice when only the validation batch is small.
+EVAL_BATCH_ADVICE = (
+    "one sample at a time BatchNorm has only its running statistics (in train mode it fails): "
+    "NormSwap(target='layernorm') normalizes each sample alike in training and evaluation "
+    "(Ba et al. 2016)"
+)
+
 Series = Sequence[tuple[int, float]]
 
 
@@ -626,10 +633,20 @@ def _spikes(run: _Run, t: Thresholds) -> list[Finding]:
 
 
 def _batchnorm(run: _Run, t: Thresholds) -> list[Finding]:
-    batch = run.info.batch_size
+    """``batchnorm_small_batch``: BatchNorm trained, or validated, on too few samples a device."""
     norms = [layer.name for layer in run.info.layers if "BatchNorm" in layer.type]
-    if batch is None or not norms or batch >= t.batchnorm_min_batch or not run.steps:
+    train, val = run.info.batch_size, run.info.eval_batch_size
+    small_train = train is not None and train < t.batchnorm_min_batch
+    small_val = val is not None and val < t.batchnorm_min_eval_batch
+    if not norms or not (small_train or small_val) or not run.steps:
         return []
+    parts = []
+    if small_train:
+        parts.append(f"train on batches of {train} per device (bound {t.batchnorm_min_batch})")
+    if small_val:
+        parts.append(
+            f"are validated on batches of {val} per device (bound {t.batchnorm_min_eval_batch})"
+        )
     return [
         Finding(
             "batchnorm_small_batch",
@@ -637,11 +654,15 @@ def _batchnorm(run: _Run, t: Thresholds) -> list[Finding]:
             _span(norms),
             run.steps[0],
             run.steps[-1],
-            float(batch),
-            f"{len(norms)} BatchNorm layer{'s' if len(norms) > 1 else ''} train on batches of "
-            f"{batch} per device (bound {t.batchnorm_min_batch})",
-            {"batch_size": batch, "batchnorm_layers": norms[:20], "source": "diagnostics/layers"},
-            ADVICE["batchnorm_small_batch"],
+            float(train if small_train else val),  # type: ignore[arg-type]
+            f"{len(norms)} BatchNorm layer{'s' if len(norms) > 1 else ''} " + " and ".join(parts),
+            {
+                "batch_size": train,
+                "eval_batch_size": val,
+                "batchnorm_layers": norms[:20],
+                "source": "diagnostics/layers",
+            },
+            ADVICE["batchnorm_small_batch"] if small_train else EVAL_BATCH_ADVICE,
         )
     ]
 

@@ -40,6 +40,9 @@ class Thresholds:
         spike_min_history: earlier logging steps needed before a spike can be judged.
         batchnorm_min_batch: ``batchnorm_small_batch`` when a run with BatchNorm trains with
             fewer samples than this per device.
+        batchnorm_min_eval_batch: ``batchnorm_small_batch`` too when a run with BatchNorm is
+            validated on fewer samples than this per device (batch size 1 with the default):
+            its BatchNorm layers then rely on running statistics alone.
         shift_min_probes: covariate-shift probes needed before ``shift_not_settling`` is judged.
         shift_settle_ratio: ``shift_not_settling`` when the median shift versus the previous
             probe over the last third of the probes is at least this times the median over the
@@ -59,6 +62,7 @@ class Thresholds:
     spike_factor: float = 10.0
     spike_min_history: int = 5
     batchnorm_min_batch: int = 8
+    batchnorm_min_eval_batch: int = 2
     shift_min_probes: int = 6
     shift_settle_ratio: float = 1.0
 

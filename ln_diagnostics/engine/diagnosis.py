@@ -1,12 +1,18 @@
 """Glue between ``LayerDiagnostics`` and :mod:`ln_diagnostics.diagnose`: the bounded history of
-the logged scalars, the run-info record written at the first logging step, the ``diagnosis``
-text refreshed with the heat maps, and the findings table printed at fit end."""
+the logged scalars, the run-info record written at the first logging step (and again once the
+first validation batch's size is known), the ``diagnosis`` text refreshed with the heat maps, the
+findings table printed at fit end, and the checkpoint state that lets a resumed run diagnose its
+whole history."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
+from ln_diagnostics._table import terminal_width
 from ln_diagnostics.collect.records import StepReport
 from ln_diagnostics.collect.selection import module_parameters
 from ln_diagnostics.diagnose import (
@@ -30,7 +36,9 @@ def batch_size(batch: Any) -> int | None:
         return None
 
 
-def run_info(collector: Any, report: StepReport, batch: int | None) -> RunInfo:
+def run_info(
+    collector: Any, report: StepReport, batch: int | None, eval_batch: int | None = None
+) -> RunInfo:
     """Layers in the forward order of the first report, typed from the watched modules.
 
     With grouped statistics a block's type is its modules' type when they share one, else
@@ -54,16 +62,26 @@ def run_info(collector: Any, report: StepReport, batch: int | None) -> RunInfo:
             for name in ordered
         ),
         batch,
+        eval_batch_size=eval_batch,
     )
 
 
 class Diagnosis:
-    """The diagnosis of one ``LayerDiagnostics`` run (every rank keeps it; rank 0 writes)."""
+    """The diagnosis of one ``LayerDiagnostics`` run (every rank keeps it; rank 0 writes).
+
+    Example:
+        >>> diagnosis = Diagnosis()
+        >>> diagnosis.load_state_dict(diagnosis.state_dict())
+        >>> diagnosis.findings()
+        []
+    """
 
     def __init__(self) -> None:
         self.history = History()
         self.info: RunInfo | None = None
         self.batch_size: int | None = None
+        self.eval_batch_size: int | None = None
+        self._unwritten = False  # the record lacks what is now known (or was never written)
         self._cache: list[Finding] | None = None
         #: wall-clock seconds of the last diagnosis (for the cost figures in the README)
         self.last_seconds = 0.0
@@ -74,23 +92,29 @@ class Diagnosis:
             self.batch_size = batch_size(batch)
 
     def eval_batch(self, batch: Any) -> None:
-        """Note a validation batch (its size is not yet part of the diagnosis)."""
+        """Note the per-device size of the first validation batch; when the run-info record is
+        already written, it is written again (with it) at the next logging step or fit end."""
+        if self.eval_batch_size is not None:
+            return
+        self.eval_batch_size = batch_size(batch)
+        if self.eval_batch_size is not None and self.info is not None:
+            self.info = replace(self.info, eval_batch_size=self.eval_batch_size)
+            self._unwritten = True
+            self._cache = None
 
-    def state_dict(self) -> dict[str, Any]:
-        """Nothing is kept through checkpoints yet."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Nothing is kept through checkpoints yet."""
+    def _write_info(self, writer: Any | None, step: int) -> None:
+        if self._unwritten and self.info is not None and writer is not None:
+            write_run_info(writer, self.info, step=step)
+            self._unwritten = False
 
     def record(self, report: StepReport, collector: Any | None, writer: Any | None) -> None:
         """Keep a logging step's scalars; write the run-info record at the first one."""
         self.history.add(report.step, report.scalars)
         self._cache = None
         if self.info is None and collector is not None and report.scalars:
-            self.info = run_info(collector, report, self.batch_size)
-            if writer is not None:
-                write_run_info(writer, self.info, step=report.step)
+            self.info = run_info(collector, report, self.batch_size, self.eval_batch_size)
+            self._unwritten = True
+        self._write_info(writer, report.step)
 
     def findings(self) -> list[Finding]:
         """The findings on the history so far (recomputed only after a new logging step)."""
@@ -103,6 +127,7 @@ class Diagnosis:
     def write(self, writer: Any | None, step: int) -> list[Finding]:
         """Diagnose and write the ``diagnosis`` text (when there is a writer)."""
         findings = self.findings()
+        self._write_info(writer, step)
         if writer is not None and findings:
             write_findings(writer, findings, step=step)
         return findings
@@ -114,9 +139,34 @@ class Diagnosis:
         if writer is not None and every and report.step % every == 0:
             self.write(writer, report.step)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The history, run info and batch sizes as plain values (``torch.load(weights_only=
+        True)`` reads them); as bounded as the history."""
+        return {
+            "history": self.history.state_dict(),
+            "info": None if self.info is None else json.loads(self.info.to_json()),
+            "batch_size": self.batch_size,
+            "eval_batch_size": self.eval_batch_size,
+        }
 
-def console_report(findings: list[Finding], steps: int) -> str:
-    """What ``LayerDiagnostics`` prints at fit end."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (missing keys: as at the start of a run). The run-info
+        record is written again at the next logging step: a resumed run may log elsewhere."""
+        self.history = History()
+        if "history" in state:
+            self.history.load_state_dict(state["history"])
+        info = state.get("info")
+        self.info = None if info is None else RunInfo.from_json(json.dumps(info))
+        self.batch_size = state.get("batch_size")
+        self.eval_batch_size = state.get("eval_batch_size")
+        self._unwritten = self.info is not None
+        self._cache = None
+
+
+def console_report(findings: list[Finding], steps: int, *, width: int | None = None) -> str:
+    """What ``LayerDiagnostics`` prints at fit end: no line wider than ``width`` (default: the
+    terminal's, 100 columns when unknown)."""
     if not findings:
         return "LayerDiagnostics diagnosis: no statistics were logged"
-    return f"LayerDiagnostics diagnosis ({steps} logging steps):\n{findings_table(findings)}"
+    table = findings_table(findings, width=width or terminal_width())
+    return f"LayerDiagnostics diagnosis ({steps} logging steps):\n{table}"

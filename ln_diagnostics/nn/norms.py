@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ln_diagnostics._validate import check_bool, check_int, check_number
+
 __all__ = ["ChannelLayerNorm", "ChannelRMSNorm"]
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -51,15 +53,9 @@ class _ChannelNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-            raise ValueError(f"num_channels must be a positive int; got {num_channels!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
-            raise ValueError(f"eps must be a non-negative float; got {eps!r}")
-        if not isinstance(affine, bool):
-            raise TypeError(f"affine must be a bool; got {type(affine).__name__} {affine!r}")
-        self.num_channels = num_channels
-        self.eps = float(eps)
-        self.affine = affine
+        self.num_channels = check_int("num_channels", num_channels, minimum=1)
+        self.eps = check_number("eps", eps, minimum=0)
+        self.affine = check_bool("affine", affine)
         factory = {"device": device, "dtype": dtype}
         if affine:
             self.weight = nn.Parameter(torch.empty(num_channels, **factory))

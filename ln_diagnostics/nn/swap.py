@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -35,6 +35,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parallel import DistributedDataParallel
 
+from ln_diagnostics._table import markdown_table, text_table
+from ln_diagnostics._validate import check_bool, check_choice, check_globs, check_instance
 from ln_diagnostics.nn.norms import ChannelLayerNorm, ChannelRMSNorm
 from ln_diagnostics.tags import matches
 
@@ -164,15 +166,7 @@ class SwapReport:
         lines = [self._headline()]
         if not self.swapped:
             return lines[0]
-        header, rows = self._rows()
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-        def fmt(cells: list[str]) -> str:
-            return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-        lines.append(fmt(header))
-        lines.append(fmt(["-" * w for w in widths]))
-        lines.extend(fmt(r) for r in rows)
+        lines.append(text_table(*self._rows(), rule=True))
         if not self.dry_run:
             lines.append(self._footer())
         return "\n".join(lines)
@@ -183,63 +177,10 @@ class SwapReport:
         if not self.swapped:
             return headline
         header, rows = self._rows()
-        lines = [headline, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for r in rows:
-            cells = [f"`{r[0]}`", *(c.replace("|", "\\|") for c in r[1:])]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines = [headline, "", markdown_table(header, [[f"`{r[0]}`", *r[1:]] for r in rows])]
         if not self.dry_run:
             lines += ["", self._footer()]
         return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- argument checks
-
-
-def validate_target(target: object) -> str:
-    """Return ``target`` if it names a known normalization, else raise ``ValueError``."""
-    if not isinstance(target, str) or target not in TARGETS:
-        valid = ", ".join(repr(t) for t in TARGETS)
-        raise ValueError(f"target must be one of {valid}; got {target!r}")
-    return target
-
-
-def validate_patterns(arg: str, patterns: object) -> tuple[str, ...] | None:
-    """Normalize ``include``/``exclude``: ``None``, one glob, or a non-empty sequence of globs."""
-    if patterns is None:
-        return None
-    if isinstance(patterns, str):
-        if not patterns:
-            raise ValueError(f"{arg} must not be an empty pattern (it matches no layer); got ''")
-        return (patterns,)
-    if not isinstance(patterns, Iterable) or isinstance(patterns, (bytes, dict)):
-        raise TypeError(
-            f"{arg} must be None, a glob string or a list of glob strings; "
-            f"got {type(patterns).__name__} {patterns!r}"
-        )
-    result = tuple(patterns)
-    for i, p in enumerate(result):
-        if isinstance(p, str) and not p:
-            raise ValueError(
-                f"{arg} must not contain an empty pattern (it matches no layer); got {patterns!r}"
-            )
-        if not isinstance(p, str):
-            raise TypeError(
-                f"{arg}[{i}] must be a glob string such as 'encoder.*'; "
-                f"got {type(p).__name__} {p!r}"
-            )
-    if not result:
-        raise ValueError(
-            f"{arg} must contain at least one glob pattern (use None to match every layer); "
-            f"got {patterns!r}"
-        )
-    return result
-
-
-def validate_bool(arg: str, value: object) -> bool:
-    """Return ``value`` if it is a ``bool``, else raise ``TypeError`` naming ``arg``."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{arg} must be a bool; got {type(value).__name__} {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------- surgery
@@ -427,10 +368,11 @@ def swap_batchnorm(
         A :class:`SwapReport`; ``report.model`` is the (possibly new) root module.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module`` or an option has the wrong type.
-        ValueError: an unknown ``target``, an empty pattern list, a model wrapped in
-            ``DistributedDataParallel``, or a BatchNorm subclass whose behaviour a replacement
-            cannot keep.
+        ArgumentError: (a ``ValueError`` and a ``TypeError``) ``model`` is not an ``nn.Module``,
+            an unknown ``target``, an empty ``include`` list or another bad option; the message
+            names the argument, what was expected and what was received.
+        ValueError: a model wrapped in ``DistributedDataParallel``, or a BatchNorm subclass whose
+            behaviour a replacement cannot keep.
         RuntimeError: a lazy BatchNorm layer that has not seen an input yet (its channel count
             is unknown); run one forward pass first.
 
@@ -446,13 +388,12 @@ def swap_batchnorm(
         >>> swap_batchnorm(model).swapped  # idempotent
         []
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    validate_target(target)
-    include_p = validate_patterns("include", include)
-    exclude_p = validate_patterns("exclude", exclude)
-    validate_bool("copy_affine", copy_affine)
-    validate_bool("dry_run", dry_run)
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
+    check_choice("target", target, TARGETS)
+    include_p = check_globs("include", include, allow_empty=False)
+    exclude_p = check_globs("exclude", exclude)
+    check_bool("copy_affine", copy_affine)
+    check_bool("dry_run", dry_run)
     _refuse_ddp(model)
 
     # Every name of every BatchNorm layer (a shared layer has several).
@@ -466,8 +407,8 @@ def swap_batchnorm(
     selected = [
         key
         for key, names in names_of.items()
-        if (include_p is None or any(matches(n, include_p, subtree=True) for n in names))
-        and not (exclude_p is not None and any(matches(n, exclude_p, subtree=True) for n in names))
+        if (not include_p or any(matches(n, include_p, subtree=True) for n in names))
+        and not any(matches(n, exclude_p, subtree=True) for n in names)
     ]
 
     # Check everything before changing anything.

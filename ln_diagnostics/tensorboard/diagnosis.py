@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ln_diagnostics._table import terminal_width
 from ln_diagnostics.diagnose import (
     Finding,
     History,
@@ -36,7 +38,13 @@ from ln_diagnostics.diagnose import (
     worst_severity,
 )
 from ln_diagnostics.tags import DIAGNOSIS_TEXT_TAG, LAYERS_TEXT_TAG
-from ln_diagnostics.tensorboard.reader import EVENT_FILE_GLOB, LogDirError, read_scalars
+from ln_diagnostics.tensorboard.reader import (
+    EVENT_FILE_GLOB,
+    LogDirError,
+    find_runs,
+    run_name,
+    scan_run,
+)
 from ln_diagnostics.thresholds.findings import evaluate_findings
 from ln_diagnostics.thresholds.rules import Rule
 
@@ -105,47 +113,70 @@ def read_run_info(run_dir: str | os.PathLike[str]) -> RunInfo | None:
 
 @dataclass(frozen=True)
 class RunDiagnosis:
-    """The diagnosis of one run: where its layer info came from and the ranked findings."""
+    """The diagnosis of one run: where its layer info came from, the ranked findings, and the
+    event files read only up to an incomplete last record (``allow_partial``)."""
 
     run: str
     info: RunInfo
     findings: list[Finding]
+    partial: tuple[tuple[Path, int], ...] = ()
 
 
 def diagnose_logdir(
-    logdir: str | os.PathLike[str], thresholds: Thresholds | None = None
+    logdir: str | os.PathLike[str],
+    thresholds: Thresholds | None = None,
+    *,
+    allow_partial: bool = False,
+    merge: bool = False,
 ) -> dict[str, RunDiagnosis]:
     """Diagnose every run under ``logdir`` (keyed like :func:`read_scalars`).
 
     Each run's points go through the same bounded :class:`History` as in ``LayerDiagnostics``
     and its layers come from the ``diagnostics/layers`` record (or, without one, from tag order),
-    so a run gets the findings the callback reported at fit end.
+    so a run gets the findings the callback reported at fit end. ``allow_partial`` and ``merge``
+    read event files as :func:`scan_run` does.
 
     Raises:
-        LogDirError: the directory is missing or empty, a file is unreadable, or a run holds no
-            statistic the diagnosis reads (the message names the run).
+        LogDirError: the directory is missing or empty, a file is unreadable, corrupt or ends
+            inside a record (without ``allow_partial``), files overlap (without ``merge``), or a
+            run holds no statistic the diagnosis reads (the message names the run).
     """
     root = Path(logdir)
     out: dict[str, RunDiagnosis] = {}
-    for run, scalars in read_scalars(root).items():
-        info = read_run_info(root / run) or RunInfo.from_tags(scalars)
+    for run_dir in find_runs(root):
+        scalars: dict[str, list[tuple[int, float]]] = {}
+
+        def sink_for(tag: str, scalars: dict[str, Any] = scalars) -> Any:
+            points = scalars[tag] = []
+            return lambda step, value: points.append((step, value))
+
+        scan = scan_run(run_dir, sink_for, allow_partial=allow_partial, merge=merge)
+        if not scalars:
+            continue
+        info = read_run_info(run_dir) or RunInfo.from_tags(scalars)
         findings = diagnose(History.from_series(scalars), info, thresholds)
         if not findings:
             raise LogDirError(
-                f"run '{root / run}' holds no ln-diagnostics statistic the diagnosis reads "
+                f"run '{run_dir}' holds no ln-diagnostics statistic the diagnosis reads "
                 "(activations/, backprop/, gradients/, updates/, health/); was it written by "
                 "LayerDiagnostics or attach()?"
             )
-        out[run] = RunDiagnosis(run, info, findings)
+        run = run_name(root, run_dir)
+        out[run] = RunDiagnosis(run, info, findings, tuple(scan.partial))
+    if not out:
+        raise LogDirError(f"the event files under '{root}' hold no scalars")
     return out
 
 
-def logdir_report(results: dict[str, RunDiagnosis]) -> str:
-    """The console text of ``ln-diagnostics diagnose``: one findings table per run."""
+def logdir_report(results: dict[str, RunDiagnosis], *, width: int | None = None) -> str:
+    """The console text of ``ln-diagnostics diagnose``: one findings table per run, no line
+    wider than ``width`` (default: the terminal's, 100 columns when unknown)."""
+    width = width or terminal_width()
     blocks = []
     for run, result in results.items():
         note = "" if result.info.source == "record" else " (layers from tag order: no record)"
-        blocks.append(f"run: {run}{note}\n{findings_table(result.findings)}")
+        title = textwrap.fill(f"run: {run}{note}", width, break_on_hyphens=False)
+        blocks.append(f"{title}\n{findings_table(result.findings, width=width)}")
     return "\n\n".join(blocks)
 
 
@@ -164,12 +195,20 @@ def logdir_json(results: dict[str, RunDiagnosis]) -> dict[str, Any]:
     }
 
 
-def finding_results(rules: Sequence[Rule], logdir: str | os.PathLike[str]) -> list[tuple[str, Any]]:
-    """``(run, RuleResult)`` of the ``finding`` rules on every run's diagnosis (none: ``[]``)."""
+def finding_results(
+    rules: Sequence[Rule],
+    logdir: str | os.PathLike[str],
+    *,
+    allow_partial: bool = False,
+    merge: bool = False,
+) -> list[tuple[str, Any]]:
+    """``(run, RuleResult)`` of the ``finding`` rules on every run's diagnosis (none: ``[]``);
+    the event files are read as :func:`diagnose_logdir` reads them."""
     if not any(rule.finding for rule in rules):
         return []
+    runs = diagnose_logdir(logdir, allow_partial=allow_partial, merge=merge)
     return [
         (run, result)
-        for run, diagnosis in diagnose_logdir(logdir).items()
+        for run, diagnosis in runs.items()
         for result in evaluate_findings(rules, diagnosis.findings)
     ]

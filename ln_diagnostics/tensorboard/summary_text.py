@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 
 from tensorboard.compat.proto.summary_pb2 import Summary
 
+from ln_diagnostics._table import markdown_table
+
 __all__ = [
     "HPARAM_PREFIX",
     "LayerRow",
@@ -51,10 +53,6 @@ class LayerRow(NamedTuple):
     group: str | None = None
 
 
-def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def layers_markdown(rows: Sequence[LayerRow], *, max_rows: int = MAX_TABLE_ROWS) -> str:
     """A Markdown table of the watched layers, in selection order.
 
@@ -66,22 +64,22 @@ def layers_markdown(rows: Sequence[LayerRow], *, max_rows: int = MAX_TABLE_ROWS)
     """
     grouped = any(row.group is not None for row in rows)
     header = ["#", "layer", "type", "parameters", *(["logged as"] if grouped else [])]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = []
     for k, row in enumerate(rows[:max_rows]):
-        cells = [str(k), f"`{_cell(row.name)}`", _cell(row.type), f"{row.params:,}"]
+        cells.append([str(k), f"`{row.name}`", row.type, f"{row.params:,}"])
         if grouped:
-            cells.append(f"`{_cell(row.group)}`" if row.group is not None else "")
-        lines.append("| " + " | ".join(cells) + " |")
+            cells[-1].append(f"`{row.group}`" if row.group is not None else "")
+    text = markdown_table(header, cells)
     if len(rows) > max_rows:
-        lines.append(f"\n… and {len(rows) - max_rows} more layers.")
-    return "\n".join(lines)
+        text += f"\n\n… and {len(rows) - max_rows} more layers."
+    return text
 
 
 def options_markdown(options: Mapping[str, Any]) -> str:
     """A Markdown table of option names and values."""
-    lines = ["| option | value |", "|---|---|"]
-    lines.extend(f"| `{_cell(k)}` | `{_cell(hparam_value(v))}` |" for k, v in options.items())
-    return "\n".join(lines)
+    return markdown_table(
+        ["option", "value"], [[f"`{k}`", f"`{hparam_value(v)}`"] for k, v in options.items()]
+    )
 
 
 def run_summary_markdown(

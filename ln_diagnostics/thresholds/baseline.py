@@ -40,6 +40,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ln_diagnostics._validate import check_number
 from ln_diagnostics.tags import HEALTH, parse_tag
 from ln_diagnostics.thresholds.engine import SeriesFold
 from ln_diagnostics.thresholds.rules import Rule
@@ -162,10 +163,8 @@ def baseline_bounds(
         BaselineError: the run logged no ln-diagnostics scalar, a NaN or infinite value, or a
             non-zero non-finite count (the message names the tag, value and step).
     """
-    if not (math.isfinite(factor) and factor > 1):
-        raise ValueError(f"factor must be a finite number > 1; got {factor!r}")
-    if not (math.isfinite(fraction_margin) and fraction_margin >= 0):
-        raise ValueError(f"fraction_margin must be a finite number >= 0; got {fraction_margin!r}")
+    check_number("factor", factor, minimum=1, strict=True)
+    check_number("fraction_margin", fraction_margin, minimum=0)
     families: dict[str, _Family] = {}
     for tag, fold in folds.items():
         found = _family(tag)

@@ -2,9 +2,9 @@
 
 A *series* is the sequence of ``(step, value)`` points of one scalar tag. Each point is folded
 into a :class:`SeriesFold` as it is read, so evaluating a log takes memory per tag, never per
-point. The engine is pure Python and is shared by the ``DiagnosticThresholds`` callback (live
-values) and ``ln-diagnostics check`` (event files), so both reach the same verdict on the same
-numbers.
+point. The engine is pure Python and is shared by :mod:`ln_diagnostics.thresholds.live` (the
+``DiagnosticThresholds`` callback's live values) and ``ln-diagnostics check`` (event files), so
+both reach the same verdict on the same numbers.
 
 Semantics (independent of the order in which points arrive; "first" means lowest step, and of
 points at the same step the one written first):
@@ -37,12 +37,11 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from ln_diagnostics.tags import matches as glob_matches
 from ln_diagnostics.thresholds.rules import Rule
 
 Point = tuple[int, float]
-Series = Sequence[Point]
 PointSink = Callable[[int, float], None]
 
 _BEFORE_ANY = -(2**63)  # below every int64 step
@@ -124,16 +123,6 @@ def _excess(rule: Rule, value: float) -> float:
     if rule.max is not None:
         distances.append(value - rule.max)
     return max(distances)
-
-
-def matches(rule: Rule, tag: str) -> bool:
-    """Whether a tag matches the rule's glob (case-sensitive; ``*`` crosses ``/``).
-
-    Example:
-        >>> matches(Rule(tag="gradients/*", max=1.0), "gradients/norm/encoder.0")
-        True
-    """
-    return glob_matches(tag, [rule.tag])
 
 
 def _band_of(low: float | None, high: float | None) -> tuple[float, float]:
@@ -227,6 +216,27 @@ class SeriesFold:
                 if step < band.first_step:
                     band.first_step = step
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything folded so far, as plain numbers (for a checkpoint)."""
+        state: dict[str, Any] = {name: getattr(self, name) for name in _FOLD_FIELDS}
+        state["bands"] = [[b.low, b.high, b.crossings, b.first_step] for b in self.bands]
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> set[tuple[float, float]]:
+        """Continue from :meth:`state_dict`; the bands watched here that ``state`` lacks (their
+        crossings count from now) are returned."""
+        for name in _FOLD_FIELDS:
+            setattr(self, name, state[name])
+        saved = {(low, high): (crossings, first) for low, high, crossings, first in state["bands"]}
+        missing = set()
+        for band in self.bands:
+            counts = saved.get((band.low, band.high))
+            if counts is None:
+                missing.add((band.low, band.high))
+            else:
+                band.crossings, band.first_step = counts
+        return missing
+
     @property
     def mean(self) -> float:
         """The mean of the counted points (NaN when one is NaN or none was counted)."""
@@ -283,6 +293,9 @@ class SeriesFold:
         raise ValueError(f"rule {rule.label!r}: its bounds were not watched by this fold")
 
 
+_FOLD_FIELDS = tuple(name for name in SeriesFold.__slots__ if name != "bands")
+
+
 def _fold_for(rule: Rule) -> SeriesFold:
     fold = SeriesFold(rule.after_step)
     if rule.over == "all":
@@ -320,8 +333,8 @@ def is_settled(result: RuleResult) -> bool:
 
     Always true for ``over="all"``; for aggregates only when the aggregate can no longer come
     back within bounds: a NaN in ``mean``/``max``/``min``, a running ``max`` above ``max``, a
-    running ``min`` below ``min``. The callback uses this to stop a run early without ever
-    disagreeing with ``ln-diagnostics check`` on the finished run.
+    running ``min`` below ``min``. :mod:`ln_diagnostics.thresholds.live` uses this to stop a
+    run early without ever disagreeing with ``ln-diagnostics check`` on the finished run.
     """
     if result.passed:
         return False
@@ -386,13 +399,17 @@ class RunEvaluator:
     def __init__(self, index: RuleIndex) -> None:
         self._index = index
         self._matched: list[list[tuple[str, SeriesFold]]] = [[] for _ in index.rules]
-        self.tags: dict[str, None] = {}  # every tag offered, in first-seen order
+        self.tags: dict[str, PointSink | None] = {}  # every tag offered -> its sink, first-seen
+        self._folds: dict[str, tuple[tuple[Rule, SeriesFold], ...]] = {}
         self._positions: dict[Rule, int] | None = None
 
     def sink(self, tag: str) -> PointSink | None:
-        """Where the points of ``tag`` go, or ``None`` when no rule matches it."""
-        self.tags[tag] = None
+        """Where the points of ``tag`` go, or ``None`` when no rule matches it (the same answer
+        on every call for one tag)."""
+        if tag in self.tags:
+            return self.tags[tag]
         folds: dict[int, SeriesFold] = {}
+        pairs: list[tuple[Rule, SeriesFold]] = []
         for position in self._index.indices_for(tag):
             rule = self._index.rules[position]
             fold = folds.get(rule.after_step)
@@ -401,17 +418,47 @@ class RunEvaluator:
             if rule.over == "all":
                 fold.watch(rule.min, rule.max)
             self._matched[position].append((tag, fold))
-        if not folds:
-            return None
-        if len(folds) == 1:
-            return next(iter(folds.values())).add
-        adds = tuple(fold.add for fold in folds.values())
+            pairs.append((rule, fold))
+        self._folds[tag] = tuple(pairs)
+        self.tags[tag] = sink = _sink_of(tuple(folds.values()))
+        return sink
 
-        def fan_out(step: int, value: float) -> None:
-            for add in adds:
-                add(step, value)
+    def folds_of(self, tag: str) -> tuple[tuple[Rule, SeriesFold], ...]:
+        """Each rule matching ``tag`` (one already offered to :meth:`sink`) with the fold of its
+        points, in rule order: ``fold.result(rule, tag)`` is the rule's verdict so far."""
+        return self._folds[tag]
 
-        return fan_out
+    def state_dict(self) -> dict[str, list[dict[str, Any]]]:
+        """Every tag offered, in first-seen order, with the state of its folds."""
+        return {
+            tag: [fold.state_dict() for fold in {id(f): f for _, f in pairs}.values()]
+            for tag, pairs in self._folds.items()
+        }
+
+    def load_state_dict(self, state: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[Rule]:
+        """Restore the tags and folds of :meth:`state_dict` into an evaluator that has seen none
+        of those tags.
+
+        Returns:
+            The rules, in rule order, whose earlier points the state does not hold (the rules
+            changed since it was written): their verdicts count only the points added from now.
+        """
+        incomplete: set[Rule] = set()
+        for tag, saved in state.items():
+            if tag in self.tags:
+                raise ValueError(f"tag {tag!r} was already offered to this evaluator")
+            self.sink(tag)
+            by_window = {fold["after_step"]: fold for fold in saved}
+            lost: dict[int, set[tuple[float, float]] | None] = {}  # id(fold) -> bands not restored
+            for rule, fold in self._folds[tag]:
+                if id(fold) not in lost:
+                    kept = by_window.get(fold.after_step)
+                    lost[id(fold)] = None if kept is None else fold.load_state_dict(kept)
+                missing = lost[id(fold)]
+                band = _band_of(rule.min, rule.max) if rule.over == "all" else None
+                if missing is None or band in missing:
+                    incomplete.add(rule)
+        return [rule for rule in self._index.rules if rule in incomplete]
 
     def evaluation(self) -> Evaluation:
         """One result per (rule, tag with a counted point), in rule order then tag order."""
@@ -431,6 +478,21 @@ class RunEvaluator:
         matched = self._matched[self._positions[rule]]
         steps = [fold.latest_step for _, fold in matched if fold.latest_step is not None]
         return _describe(rule, self.tags, [tag for tag, _ in matched], max(steps, default=None))
+
+
+def _sink_of(folds: tuple[SeriesFold, ...]) -> PointSink | None:
+    """One function that adds a point to every fold (``None`` for none)."""
+    if not folds:
+        return None
+    if len(folds) == 1:
+        return folds[0].add
+    adds = tuple(fold.add for fold in folds)
+
+    def fan_out(step: int, value: float) -> None:
+        for add in adds:
+            add(step, value)
+
+    return fan_out
 
 
 def _by_tag(item: tuple[str, SeriesFold]) -> str:
@@ -478,23 +540,6 @@ def closest_tags(pattern: str, tags: Iterable[str], n: int = 3) -> list[str]:
     scored = [item for item in scored if item[0] >= 0.5]
     scored.sort(key=lambda item: (-item[0], item[1]))
     return [tag for _, tag in scored[:n]]
-
-
-def describe_unmatched(
-    rule: Rule, series_by_tag: Mapping[str, Series], *, last_step: int | None = None
-) -> str:
-    """Why a rule matched nothing, with the closest tags, as one line.
-
-    When tags matched but all their points precede ``after_step``, the message quotes the last
-    logged step of their points, or ``last_step`` when the series hold no points.
-
-    Example:
-        >>> describe_unmatched(Rule(tag="gradients/nrom/*", max=1.0), {"gradients/norm/fc": []})
-        "rule 'gradients/nrom/*' matches no scalar tag; closest: gradients/norm/fc"
-    """
-    matched = [tag for tag in series_by_tag if matches(rule, tag)]
-    last = max((s for tag in matched for s, _ in series_by_tag[tag]), default=last_step)
-    return _describe(rule, series_by_tag, matched, last)
 
 
 def _describe(rule: Rule, tags: Iterable[str], matched: Sequence[str], last: int | None) -> str:

@@ -2,7 +2,7 @@
 kind that holds at a step ``>= after_step``; ``"*"`` matches every kind but ``healthy``.
 
 Shared by ``ln-diagnostics check`` (on the diagnosis of the event files) and
-``DiagnosticThresholds`` (on ``LayerDiagnostics.diagnose()`` at fit end).
+:mod:`ln_diagnostics.thresholds.live` (on ``LayerDiagnostics.diagnose()`` at fit end).
 
 Example:
     >>> from ln_diagnostics.diagnose import Finding

@@ -227,9 +227,9 @@ def test_constructor_is_a_typed_keyword_only_schema() -> None:
         (
             {"include": [3]},
             TypeError,
-            "include[0] must be a glob string such as 'encoder.*'; got int 3",
+            "include must be a glob string or a list of non-empty glob strings; got [3]",
         ),
-        ({"copy_affine": None}, TypeError, "copy_affine must be a bool; got NoneType None"),
+        ({"copy_affine": None}, TypeError, "copy_affine must be True or False; got None"),
     ],
 )
 def test_bad_arguments_are_rejected_in_init(

@@ -80,7 +80,12 @@ def test_healthy_run_passes(recwarn):
     state = thresholds.state_dict()
     assert state["checked_steps"] == {"FakeSource": MAX_STEPS}
     assert state["reported"] == []
-    assert len(state["history"]["health/loss"]) == MAX_STEPS
+    points = {(r.rule.tag, r.tag): r.points for r in thresholds.evaluator.results()}
+    assert points == {
+        ("parameters/norm/*", "parameters/norm/layer"): MAX_STEPS,
+        ("health/loss", "health/loss"): MAX_STEPS,
+        ("health/grad_norm_total", "health/grad_norm_total"): MAX_STEPS - 1,  # steps 2...12
+    }
 
 
 def test_raise_on_exploding_run():
@@ -156,27 +161,67 @@ def test_no_source_warns_in_setup():
 
 
 def test_state_dict_round_trip_and_missing_keys():
-    thresholds = DiagnosticThresholds(EXPLODING)
+    rules = [*EXPLODING, {"tag": "health/loss", "max": 1.0, "over": "mean"}]
+    thresholds = DiagnosticThresholds(rules)
     thresholds.load_state_dict({})
     assert thresholds.state_dict() == {
         "checked_steps": {},
-        "reported": [],
-        "matched": [],
         "unmatched_warned": [],
-        "history": {},
+        "reported": [],
+        "folds": {},
     }
-    state = {"checked_steps": {"FakeSource": 5}, "history": {"health/loss": [[1, 2.0]]}}
-    thresholds.load_state_dict(state)
-    assert thresholds.state_dict()["checked_steps"] == {"FakeSource": 5}
-    assert thresholds.state_dict()["history"] == {"health/loss": [[1, 2.0]]}
-    # A resumed run does not re-check steps it already checked.
     source = FakeSource()
-    source.last_logged = LoggedScalars(5, {"parameters/norm/layer": 1e9})
     trainer = Trainer(logger=False, callbacks=[source, thresholds], enable_progress_bar=False)
-    thresholds._poll(trainer)
-    source.last_logged = LoggedScalars(6, {"parameters/norm/layer": 1e9})
-    with pytest.raises(ThresholdViolation, match="at step 6"):
+    for step, loss in [(1, 0.5), (2, 1.2)]:
+        source.last_logged = LoggedScalars(step, {"health/loss": loss})
         thresholds._poll(trainer)
+    state = thresholds.state_dict()
+    assert state["checked_steps"] == {"FakeSource": 2}
+    resumed = DiagnosticThresholds(rules)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state
+    # The resumed run judges the mean on every point, those before the resume too.
+    source.last_logged = LoggedScalars(3, {"health/loss": 1.2})
+    resumed._poll(trainer)
+    [mean] = resumed.evaluator.results()
+    assert (mean.value, mean.points) == (pytest.approx((0.5 + 1.2 + 1.2) / 3), 3)
+    # ... and does not re-check steps it already checked.
+    source.last_logged = LoggedScalars(2, {"parameters/norm/layer": 1e9})
+    resumed._poll(trainer)
+    source.last_logged = LoggedScalars(4, {"parameters/norm/layer": 1e9})
+    with pytest.raises(ThresholdViolation, match="at step 4"):
+        resumed._poll(trainer)
+
+
+def test_a_checkpoint_with_the_points_of_older_versions_resumes_with_them():
+    rules = [{"tag": "health/loss", "max": 1.0, "over": "mean"}]
+    thresholds = DiagnosticThresholds(rules)
+    thresholds.load_state_dict(
+        {"checked_steps": {"FakeSource": 2}, "history": {"health/loss": [[1, 0.5], [2, 2.0]]}}
+    )
+    [mean] = thresholds.evaluator.results()
+    assert (mean.value, mean.points, mean.step) == (1.25, 2, 2)
+
+
+def test_rules_changed_since_the_checkpoint_warn_that_earlier_points_are_missing():
+    source = FakeSource()
+    before = DiagnosticThresholds([{"tag": "health/loss", "max": 10.0}])
+    trainer = Trainer(logger=False, callbacks=[source, before], enable_progress_bar=False)
+    source.last_logged = LoggedScalars(1, {"health/loss": 5.0, "parameters/norm/layer": 1.0})
+    before._poll(trainer)
+    rules = [
+        {"tag": "health/loss", "max": 10.0},  # unchanged: restored without a word
+        {"tag": "health/loss", "max": 1.0},  # a new bound on a tag seen before
+        {"tag": "parameters/norm/*", "max": 1.0, "after_step": 1},  # a new window
+        {"tag": "health/grad_norm_total", "max": 1.0},  # a tag not seen before: nothing lost
+    ]
+    after = DiagnosticThresholds(rules)
+    with pytest.warns(
+        UserWarning, match="other threshold rules; 'health/loss', 'parameters/norm/\\*' count only"
+    ):
+        after.load_state_dict(before.state_dict())
+    [kept] = [r for r in after.evaluator.results() if r.rule.max == 10.0]
+    assert (kept.points, kept.value) == (1, 5.0)
 
 
 def test_two_callbacks_with_different_inline_rules_can_share_a_trainer():
@@ -254,3 +299,19 @@ def test_end_to_end_with_layer_diagnostics_and_cli(tmp_path, capsys):
     assert "GRAD_NORM" in capsys.readouterr().out
     assert main(["summary", str(logdir), "--wide"]) == 0
     assert "gradients/norm" in capsys.readouterr().out
+
+
+def test_a_finding_rule_without_a_diagnosis_warns_instead_of_passing(make_trainer):
+    # LayerDiagnostics(diagnosis=False) finds nothing because it does not look: that is no pass
+    from ln_diagnostics.callbacks import LayerDiagnostics
+
+    thresholds = DiagnosticThresholds([{"finding": "*"}])
+    trainer = make_trainer(
+        [LayerDiagnostics(diagnosis=False), thresholds], max_steps=2, log_every_n_steps=1
+    )
+    with pytest.warns(
+        UserWarning, match="rule 'finding \\*' was given no diagnosis to judge: "
+    ) as rec:
+        trainer.fit(SgdModel(0.01))
+    assert len([w for w in rec if "DiagnosticThresholds" in str(w.message)]) == 1
+    assert thresholds.evaluator.results() == []

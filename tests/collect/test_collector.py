@@ -383,7 +383,7 @@ def test_attach_writes_event_files_read_back_by_tensorboard(tmp_path):
         ({"types": ["torch.nn.Nope"]}, "types: could not import 'torch.nn.Nope'"),
         (
             {"types": [int]},
-            "types: expected nn.Module classes or their dotted paths; got <class 'int'>",
+            "types must be nn.Module classes or their dotted paths; got <class 'int'>",
         ),
         ({"track_updates": "yes"}, "track_updates must be True or False; got 'yes'"),
         (

@@ -128,3 +128,60 @@ def test_bad_finding_rules_exit_2(logdir, tmp_path, capsys, rule, message):
     rules.write_text(f"[[rule]]\n{rule}\n")
     assert main(["check", str(logdir), "--thresholds", str(rules)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_truncated_file_exits_2_unless_allow_partial(logdir, tmp_path, capsys):
+    (path,) = (logdir / "sick").glob("events.out.tfevents.*")
+    path.write_bytes(path.read_bytes()[:-5])  # inside the last record: a run still writing
+    assert main(["diagnose", str(logdir), "--fail-on", "error"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ln-diagnostics diagnose: error: ")
+    assert f"event file '{path}' ends inside the record at byte" in err
+    assert "--allow-partial" in err
+
+    out = tmp_path / "partial.json"
+    argv = ["diagnose", str(logdir), "--allow-partial", "--fail-on", "error", "--json", str(out)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert f"ln-diagnostics diagnose: note: '{path}' ends inside the record at byte" in captured.err
+    runs = {run["run"]: run for run in json.loads(out.read_text())["runs"]}
+    assert [f["kind"] for f in runs["sick"]["findings"]] == ["vanishing_gradients"]
+
+    rules = tmp_path / "t.toml"  # check's finding rules read the files the same way
+    rules.write_text('[[rule]]\nfinding = "*"\n')
+    assert main(["check", str(logdir), "--thresholds", str(rules)]) == 2
+    assert main(["check", str(logdir), "--thresholds", str(rules), "--allow-partial"]) == 1
+
+
+def test_a_corrupt_record_exits_2_even_with_allow_partial(logdir, capsys):
+    (path,) = (logdir / "sick").glob("events.out.tfevents.*")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    for extra in ([], ["--allow-partial"]):
+        assert main(["diagnose", str(logdir), *extra]) == 2
+        assert f"event file '{path}' is corrupt" in capsys.readouterr().err
+
+
+def test_overlapping_files_exit_2_unless_merge(tmp_path, capsys):
+    write_run(tmp_path, [1e-5, 1e-3, 1e-1])
+    write_run(tmp_path, [1e-5, 1e-3, 1e-1], record=False)  # a second file, the same steps
+    assert main(["diagnose", str(tmp_path)]) == 2
+    assert "event files whose steps overlap" in capsys.readouterr().err
+    assert main(["diagnose", str(tmp_path), "--merge", "--fail-on", "error"]) == 1
+    assert "vanishing_gradients" in capsys.readouterr().out
+
+
+def test_the_text_fits_the_terminal(tmp_path, capsys, monkeypatch):
+    names = [f"encoder.layers.{i}.self_attn.out_proj" for i in range(6)]
+    with SummaryWriter(str(tmp_path)) as writer:
+        write_run_info(writer, RunInfo(tuple(LayerInfo(n, "Linear", True) for n in names)), step=0)
+        for step in (0, 10):
+            for k, name in enumerate(names):
+                writer.add_scalar(f"backprop/norm/{name}", 10.0 ** (k - 6), step)
+    for width in (80, 120):
+        monkeypatch.setenv("COLUMNS", str(width))
+        assert main(["diagnose", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert "vanishing_gradients" in out and "add LayerNorm" in out
+        assert max(len(line) for line in out.splitlines()) <= width

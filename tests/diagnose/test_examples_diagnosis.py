@@ -184,7 +184,8 @@ def test_cli_train_lr_50_names_the_first_nonfinite_module(tmp_path, capsys):
     nonfinite = result.findings[0]
     assert (nonfinite.kind, nonfinite.layer, nonfinite.first_step) == ("nonfinite", first, step)
     assert main(["diagnose", str(logdir), "--fail-on", "error"]) == 1
-    assert f"first non-finite activations at step {step} in {first}" in capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())  # the table wraps to the terminal
+    assert f"first non-finite activations at step {step} in {first}" in printed
 
 
 def test_finding_rule_fails_the_fit_at_its_end(make_trainer):
@@ -211,3 +212,50 @@ def test_diagnosis_false_writes_and_keeps_nothing(make_trainer, events, capsys):
     assert not [t for t in tensors if t.startswith(("diagnosis", "diagnostics/layers"))]
     assert diagnostics.diagnose() == []
     assert "diagnosis" not in capsys.readouterr().out
+
+
+class ValidatedCNN(small_batch.DigitCNN):
+    """The example's BatchNorm CNN with a validation step."""
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/acc", (self(x).argmax(1) == y).float().mean())
+
+
+@pytest.mark.parametrize(
+    ("val_batch", "sanity_steps", "fires"),
+    [(1, None, True), (2, None, False), (1, 0, True)],
+    ids=["val-1", "val-2", "val-1-after-the-record"],
+)
+def test_batchnorm_validated_on_batches_of_1(
+    make_trainer, events, capsys, monkeypatch, val_batch, sanity_steps, fires
+):
+    seed_everything(0, verbose=False)
+    train, test = small_batch.digit_images()
+    diagnostics = LayerDiagnostics()
+    extra = {} if sanity_steps is None else {"num_sanity_val_steps": sanity_steps}
+    # without the sanity check, validation first runs after the first logging step has written
+    # the run-info record: the record is written again with the validation batch size
+    trainer = make_trainer([diagnostics], max_steps=4, log_every_n_steps=1, **extra)
+    monkeypatch.setenv("COLUMNS", "80")
+    trainer.fit(
+        ValidatedCNN(),
+        DataLoader(torch.utils.data.Subset(train, range(64)), batch_size=16),
+        DataLoader(torch.utils.data.Subset(test, range(4)), batch_size=val_batch),
+    )
+    run = Path(trainer.logger.log_dir)
+    found = same_as_cli(diagnostics, run, events)
+    assert ("batchnorm_small_batch" in found) == fires
+    records = events(run).Tensors("diagnostics/layers/text_summary")
+    assert len(records) == (2 if sanity_steps == 0 else 1)
+    printed = capsys.readouterr().out
+    assert "LayerDiagnostics diagnosis" in printed
+    assert max(len(line) for line in printed.splitlines()) <= 80
+    if not fires:
+        return
+    finding = found["batchnorm_small_batch"]
+    assert (finding.value, finding.evidence["batch_size"]) == (1, 16)
+    assert "validated on batches of 1 per device" in finding.message
+    assert finding.evidence["batchnorm_layers"] == ["features.1", "features.4", "features.9"]
+    assert main(["diagnose", str(run), "--fail-on", "warning"]) == 1
+    assert "batchnorm_small_batch" in capsys.readouterr().out

@@ -51,6 +51,10 @@ def test_history_bad_bound():
 def test_runinfo_round_trip_and_fallback():
     info = RunInfo((LayerInfo("net.0", "Linear", True), LayerInfo("net.1", "ReLU", False)), 2)
     assert RunInfo.from_json(info.to_json()) == info
+    evaluated = RunInfo(info.layers, 2, eval_batch_size=1)
+    assert RunInfo.from_json(evaluated.to_json()).eval_batch_size == 1
+    older = '{"version": 1, "layers": [["net.0", "Linear", true]], "batch_size": 2}'
+    assert RunInfo.from_json(older) == RunInfo((LayerInfo("net.0", "Linear", True),), 2)
     tags = [
         "activations/std/net.0",
         "activations/std/net.1",

@@ -19,13 +19,14 @@ from ln_diagnostics.diagnose import (
 STACK = ["in", "h0", "h1", "h2", "h3", "out"]
 
 
-def info(types=None, batch=None, names=STACK):
+def info(types=None, batch=None, names=STACK, eval_batch=None):
     types = types or {}
     return RunInfo(
         tuple(
             LayerInfo(n, types.get(n, "Linear"), types.get(n, "Linear") == "Linear") for n in names
         ),
         batch,
+        eval_batch_size=eval_batch,
     )
 
 
@@ -221,6 +222,30 @@ CASES = [
     ("batchnorm, batch unknown", {"activations/std/h1": [(0, 1.0)]}, info(BN), []),
     ("small batch without batchnorm", {"activations/std/h1": [(0, 1.0)]}, info(batch=2), []),
     (
+        "batchnorm validated on batches of 1",
+        {"activations/std/h1": [(0, 1.0), (9, 1.0)]},
+        info(BN, batch=16, eval_batch=1),
+        [("batchnorm_small_batch", "h1", 0, 9)],
+    ),
+    (
+        "batchnorm validated at the eval bound",
+        {"activations/std/h1": [(0, 1.0)]},
+        info(BN, batch=16, eval_batch=2),
+        [],
+    ),
+    (
+        "batchnorm, eval batch unknown",
+        {"activations/std/h1": [(0, 1.0)]},
+        info(BN, batch=16),
+        [],
+    ),
+    (
+        "eval batch of 1 without batchnorm",
+        {"activations/std/h1": [(0, 1.0)]},
+        info(eval_batch=1),
+        [],
+    ),
+    (
         "shift not settling: flat",
         {
             "health/shift_mean_step": [(s, 0.1) for s in range(6)],
@@ -253,6 +278,32 @@ def test_rule(series, run, expected):
     assert kinds(findings) == expected
     healthy = [f for f in findings if f.kind == "healthy"]
     assert len(healthy) == (0 if any(f.severity != "info" for f in findings) else 1)
+
+
+@pytest.mark.parametrize(
+    ("batch", "eval_batch", "value", "says"),
+    [
+        (16, 1, 1.0, ["validated on batches of 1 per device (bound 2)"]),
+        (2, 1, 2.0, ["train on batches of 2 per device (bound 8)", "validated on batches of 1"]),
+        (2, 64, 2.0, ["train on batches of 2 per device (bound 8)"]),
+    ],
+)
+def test_batchnorm_finding_says_which_batch_is_small(batch, eval_batch, value, says):
+    series = {"activations/std/h1": [(0, 1.0)]}
+    (finding,) = [
+        f for f in diagnose(series, info(BN, batch, eval_batch=eval_batch)) if f.kind != "healthy"
+    ]
+    assert finding.value == value and finding.severity == "warning"
+    assert all(part in finding.message for part in says)
+    assert ("validated" in finding.message) == (eval_batch == 1)
+    assert (finding.evidence["batch_size"], finding.evidence["eval_batch_size"]) == (
+        batch,
+        eval_batch,
+    )
+    assert "NormSwap(target='layernorm')" in finding.advice
+    at_the_bound = Thresholds(batchnorm_min_eval_batch=eval_batch)  # settable; exclusive
+    lowered = diagnose(series, info(BN, batch, eval_batch=eval_batch), at_the_bound)
+    assert not any("validated" in f.message for f in lowered)
 
 
 def test_vanishing_evidence_has_the_ratio_and_the_steepest_step():

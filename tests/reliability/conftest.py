@@ -1,10 +1,38 @@
-"""Helpers of the reliability tests: regression data, independent gradient norms, one thread.
-The Trainer builder, event reader and hook counters are in ``tests/conftest.py``."""
+"""Helpers of the reliability tests: the test MLP, regression data, independent gradient norms,
+one thread. The Trainer builder, event reader and hook counters are in ``tests/conftest.py``.
+
+The test modules import :class:`MLP` (``from tests.reliability.conftest import MLP``) because
+several subclass it; pytest has already loaded this module under that name."""
 
 import pytest
 import torch
-from pytorch_lightning import Callback
+from pytorch_lightning import Callback, LightningModule
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+
+class MLP(LightningModule):
+    """``Linear(16, hidden) -> Tanh -> Linear(hidden, 1)`` (``net.0``, ``net.1``, ``net.2``),
+    trained on the mean squared error of :func:`regression_data` with SGD."""
+
+    def __init__(self, hidden=32, lr=0.05):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.lr = lr
+
+    def forward(self, x):
+        return self.net(x)
+
+    def loss(self, batch):
+        x, y = batch
+        # a no-op in float32; under bf16 autocast the loss is taken on float32 outputs
+        return nn.functional.mse_loss(self(x).float(), y)
+
+    def training_step(self, batch, batch_idx):
+        return self.loss(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
 def _regression_data(n=64, features=16, batch_size=8, seed=0, scale=1.0):

@@ -1,14 +1,16 @@
 """Every argument of every public constructor or function refuses a bad value with a message that
 names the argument, what was expected and what was received. One row per argument at least, with
 values the per-module tests do not already use; a completeness check keeps the table in step
-with the signatures."""
+with the signatures. One bad value gets one exception type and one message (but for the
+argument's name) from every entry point that takes the argument."""
 
 import inspect
+import pickle
 
 import pytest
 from torch import nn
 
-from ln_diagnostics import attach, swap_batchnorm
+from ln_diagnostics import ArgumentError, attach, swap_batchnorm
 from ln_diagnostics.callbacks import DiagnosticThresholds, LayerDiagnostics, NormSwap
 
 RULE = {"tag": "health/*", "max": 1.0}
@@ -30,10 +32,9 @@ CASES = [
     (LayerDiagnostics, "types", 5, ValueError,
      "types must be None or a non-empty list of nn.Module classes; got 5"),
     (LayerDiagnostics, "types", [int], ValueError,
-     "types: expected nn.Module classes or their dotted paths; got <class 'int'>"),
+     "types must be nn.Module classes or their dotted paths; got <class 'int'>"),
     (LayerDiagnostics, "include", [], ValueError,
-     "include must be None (every module) or a glob string or a non-empty list of glob "
-     "strings; got []"),
+     "include must be None or a glob string or a non-empty list of glob strings; got []"),
     (LayerDiagnostics, "include", "", ValueError,
      "include must be a glob string or a list of non-empty glob strings; got ''"),
     (LayerDiagnostics, "exclude", 5, ValueError,
@@ -59,12 +60,12 @@ CASES = [
     (NormSwap, "target", "bn", ValueError,
      "target must be one of 'layernorm', 'groupnorm', 'rmsnorm'; got 'bn'"),
     (NormSwap, "include", "", ValueError,
-     "include must not be an empty pattern (it matches no layer); got ''"),
+     "include must be a glob string or a list of non-empty glob strings; got ''"),
     (NormSwap, "exclude", 5, TypeError,
-     "exclude must be None, a glob string or a list of glob strings; got int 5"),
+     "exclude must be a glob string or a list of non-empty glob strings; got 5"),
     (NormSwap, "exclude", [None], TypeError,
-     "exclude[0] must be a glob string such as 'encoder.*'; got NoneType None"),
-    (NormSwap, "copy_affine", 0, TypeError, "copy_affine must be a bool; got int 0"),
+     "exclude must be a glob string or a list of non-empty glob strings; got [None]"),
+    (NormSwap, "copy_affine", 0, TypeError, "copy_affine must be True or False; got 0"),
     (DiagnosticThresholds, "rules", RULE, ValueError,
      THR + "expected a list of rules (tables with keys name, tag, min, max, over, after_step, "
      "optional, severity, finding); got dict"),
@@ -84,7 +85,7 @@ CASES = [
     (DiagnosticThresholds, "rules", [{**RULE, "severity": "fatal"}], ValueError,
      THR + "rule 1: key 'severity' must be one of error, warn; got 'fatal'"),
     (DiagnosticThresholds, "on_violation", None, ValueError,
-     "DiagnosticThresholds: on_violation must be one of 'raise', 'stop', 'warn'; got None"),
+     "on_violation must be one of 'raise', 'stop', 'warn'; got None"),
     (attach, "model", 42, TypeError, "model must be a torch.nn.Module; got int"),
     (attach, "writer", "runs/x", ValueError,
      "writer must be a torch.utils.tensorboard.SummaryWriter or None; got str"),
@@ -119,11 +120,12 @@ CASES = [
     (swap_batchnorm, "target", "LayerNorm", ValueError,
      "target must be one of 'layernorm', 'groupnorm', 'rmsnorm'; got 'LayerNorm'"),
     (swap_batchnorm, "include", ["layers.*", ""], ValueError,
-     "include must not contain an empty pattern (it matches no layer); got ['layers.*', '']"),
+     "include must be a glob string or a list of non-empty glob strings; got ['layers.*', '']"),
     (swap_batchnorm, "exclude", {"a": 1}, TypeError,
-     "exclude must be None, a glob string or a list of glob strings; got dict {'a': 1}"),
-    (swap_batchnorm, "copy_affine", "yes", TypeError, "copy_affine must be a bool; got str 'yes'"),
-    (swap_batchnorm, "dry_run", None, TypeError, "dry_run must be a bool; got NoneType None"),
+     "exclude must be a glob string or a list of non-empty glob strings; got {'a': 1}"),
+    (swap_batchnorm, "copy_affine", "yes", TypeError,
+     "copy_affine must be True or False; got 'yes'"),
+    (swap_batchnorm, "dry_run", None, TypeError, "dry_run must be True or False; got None"),
 ]  # fmt: skip
 
 #: Arguments that take any value: the probe batch is whatever the model's forward accepts.
@@ -165,5 +167,51 @@ def test_every_argument_of_every_public_entry_point_has_a_row():
 def test_valid_edge_values_are_accepted():
     LayerDiagnostics(exclude=[], types="torch.nn.Linear", include="*", probe_batch=object())
     NormSwap(include="layers.*", exclude="head")
+    # an empty exclude list leaves nothing out, as in LayerDiagnostics
+    assert NormSwap(exclude=[]).exclude is None
+    assert [e.name for e in swap_batchnorm(model(), exclude=[], dry_run=True).swapped] == ["1"]
     with attach(model(), every_n_steps=1, types=[nn.Linear]):
         pass
+
+
+GLOB_TAKERS = (LayerDiagnostics, NormSwap, swap_batchnorm, attach)
+
+#: (bad value, the (entry point, argument) pairs that must refuse it alike)
+SAME_VALUE = [
+    *((value, [(t, arg) for t in GLOB_TAKERS])
+      for arg in ("include", "exclude") for value in (5, [""], "", [None], ("a", 1), {"a"})),
+    ([], [(t, "include") for t in GLOB_TAKERS]),
+    *((True, [(t, arg) for t in (LayerDiagnostics, attach)])
+      for arg in ("every_n_steps", "histogram_every_n_steps", "group_depth",
+                  "shift_every_n_steps", "ics_every_n_steps")),
+    (1, [(LayerDiagnostics, "track_updates"), (LayerDiagnostics, "diagnosis"),
+         (attach, "track_updates"), (attach, "diagnosis"), (NormSwap, "copy_affine"),
+         (swap_batchnorm, "copy_affine"), (swap_batchnorm, "dry_run")]),
+    ("LayerNorm", [(NormSwap, "target"), (swap_batchnorm, "target")]),
+    ("torch.nn.Nope", [(LayerDiagnostics, "types"), (attach, "types")]),
+    (5, [(LayerDiagnostics, "types"), (attach, "types")]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "takers"),
+    SAME_VALUE,
+    ids=[f"{c[0]!r}-{'-'.join(sorted({arg for _, arg in c[1]}))}" for c in SAME_VALUE],
+)
+def test_one_bad_value_gets_one_error_everywhere(value, takers):
+    errors = {}
+    for target, argument in takers:
+        with pytest.raises(ArgumentError) as info:
+            call(target, argument, value)
+        assert info.value.argument == argument
+        assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+        errors[f"{target.__name__}({argument}=...)"] = str(info.value).replace(argument, "<arg>")
+    assert len(set(errors.values())) == 1, errors
+
+
+def test_argument_error_survives_pickling():
+    """DDP and multiprocessing workers send exceptions across processes."""
+    with pytest.raises(ArgumentError) as info:
+        NormSwap(exclude=5)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (type(copy), copy.argument, str(copy)) == (ArgumentError, "exclude", str(info.value))

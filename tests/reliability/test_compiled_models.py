@@ -3,43 +3,24 @@ same values; the callback leaves no hooks behind."""
 
 import pytest
 import torch
-from pytorch_lightning import LightningModule, seed_everything
+from pytorch_lightning import seed_everything
 from torch import nn
 
 from ln_diagnostics import attach
 from ln_diagnostics.callbacks import LayerDiagnostics
 from ln_diagnostics.collect.collector import Collector, select_modules
+from tests.reliability.conftest import MLP
 
 QUIET = {"histogram_every_n_steps": 0, "shift_every_n_steps": 0}
 
 
-def make_net():
-    return nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1))
-
-
-class CompiledInner(LightningModule):
+class CompiledInner(MLP):
     """``self.net = torch.compile(net)``: submodules are named ``net._orig_mod.<i>``; their tags
     drop the wrapper segment (``net.<i>``), as in an eager run."""
 
     def __init__(self, backend):
         super().__init__()
-        self.net = torch.compile(make_net(), backend=backend)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)
-
-
-class Plain(CompiledInner):
-    def __init__(self):
-        LightningModule.__init__(self)
-        self.net = make_net()
-
-    def forward(self, x):
-        return self.net(x)
+        self.net = torch.compile(self.net, backend=backend)
 
 
 def compiled_inner_run(make_trainer, regression_data, grad_norms, backend):
@@ -86,7 +67,7 @@ def test_compiled_lightning_module_is_unwrapped_by_the_trainer(
     make_trainer, events, regression_data, grad_norms, hooks
 ):
     seed_everything(0)
-    model = Plain()
+    model = MLP()
     probe = grad_norms("net.0")
     run = make_trainer([LayerDiagnostics(every_n_steps=2, **QUIET), probe], max_steps=3)
     torch._dynamo.reset()
@@ -100,7 +81,7 @@ def test_compiled_lightning_module_is_unwrapped_by_the_trainer(
 
 def test_compiled_and_eager_runs_log_the_same_tags(make_trainer, events, regression_data):
     tags = {}
-    for name, make in (("compiled", lambda: CompiledInner("aot_eager")), ("eager", Plain)):
+    for name, make in (("compiled", lambda: CompiledInner("aot_eager")), ("eager", MLP)):
         seed_everything(0)
         run = make_trainer([LayerDiagnostics(every_n_steps=1, **QUIET)], max_steps=1)
         torch._dynamo.reset()
@@ -110,9 +91,9 @@ def test_compiled_and_eager_runs_log_the_same_tags(make_trainer, events, regress
     assert "gradients/norm/net.0" in tags["eager"]
 
 
-class DeepCompiled(CompiledInner):
+class DeepCompiled(MLP):
     def __init__(self, depth=12):
-        LightningModule.__init__(self)
+        super().__init__()
         layers = [m for _ in range(depth) for m in (nn.Linear(16, 16), nn.Tanh())]
         self.net = torch.compile(nn.Sequential(*layers, nn.Linear(16, 1)), backend="aot_eager")
 
@@ -139,7 +120,7 @@ def test_a_model_compiled_after_attach_keeps_its_hooks_through_recompiles():
     batch size on a non-logging step) would never call them on later logging steps."""
     torch.manual_seed(0)
     torch._dynamo.reset()
-    model = make_net()
+    model = MLP().net
     diag = attach(model, every_n_steps=2)
     compiled = torch.compile(model, backend="aot_eager")
     logged = {}
@@ -160,7 +141,7 @@ def test_a_compiled_part_keeps_the_hooks_registered_when_the_first_step_does_not
     already be registered, or the graph never calls them on the logging steps after it."""
     torch.manual_seed(0)
     torch._dynamo.reset()
-    model = nn.Sequential(torch.compile(make_net(), backend="aot_eager"))
+    model = nn.Sequential(torch.compile(MLP().net, backend="aot_eager"))
     collector = Collector(model, select_modules(model))
     collector.attach()
     rows = []

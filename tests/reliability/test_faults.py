@@ -92,7 +92,7 @@ def test_a_hook_failing_mid_run_keeps_earlier_values_of_that_layer(
     assert [e.step for e in acc.Scalars("gradients/norm/last")] == [0, 1, 2, 3, 4]
 
 
-class MLP(LightningModule):
+class Interruptible(LightningModule):
     """``interrupt_at``: raise KeyboardInterrupt when ``global_step`` reaches it, in ``where``."""
 
     def __init__(self, interrupt_at=None, where="on_train_batch_start"):
@@ -132,7 +132,7 @@ def test_keyboard_interrupt_flushes_the_event_file_and_removes_every_hook(
     make_trainer, events, regression_data, hooks, tensor_hooks, where, ics_steps
 ):
     seed_everything(0)
-    model = MLP(interrupt_at=3, where=where)
+    model = Interruptible(interrupt_at=3, where=where)
     diag = LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=2, ics_every_n_steps=2)
     run = make_trainer([diag], max_steps=10)
     handler = signal.getsignal(signal.SIGINT)
@@ -155,7 +155,7 @@ def test_after_fit_with_every_feature_on_nothing_of_ours_keeps_the_model_alive(
     make_trainer, regression_data, hooks, tensor_hooks
 ):
     seed_everything(0)
-    model = MLP()
+    model = Interruptible()
     callbacks = [
         NormSwap(target="layernorm"),
         LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=2, ics_every_n_steps=2),
@@ -204,7 +204,7 @@ def test_memory_is_flat_over_a_long_run_logging_every_step(make_trainer, regress
     probe = MemoryProbe(at=(100, 300))
     diag = LayerDiagnostics(every_n_steps=1, histogram_every_n_steps=5, shift_every_n_steps=3)
     run = make_trainer([diag, probe], max_steps=300, log_every_n_steps=1)
-    run.fit(MLP(), train_dataloaders=regression_data(n=64, batch_size=16))
+    run.fit(Interruptible(), train_dataloaders=regression_data(n=64, batch_size=16))
     assert diag.n_logged == 300
     assert probe.tensors[300] - probe.tensors[100] <= 5, probe.tensors
     assert probe.rss[300] - probe.rss[100] < 32, probe.rss

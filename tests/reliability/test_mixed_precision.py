@@ -3,26 +3,10 @@ are read after AMP unscaling."""
 
 import pytest
 import torch
-from pytorch_lightning import LightningModule, seed_everything
-from torch import nn
+from pytorch_lightning import seed_everything
 
 from ln_diagnostics.callbacks import LayerDiagnostics
-
-
-class MLP(LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 1))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self(x).float(), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+from tests.reliability.conftest import MLP
 
 
 def capture_outputs(module, store):
@@ -51,7 +35,7 @@ def test_bf16_mixed_statistics_in_float32_and_grad_norms_of_float32_grads(
     make_trainer, events, regression_data, grad_norms
 ):
     seed_everything(0)
-    model = MLP()
+    model = MLP(hidden=64, lr=0.1)
     outputs = []
     handle = capture_outputs(model.net[0], outputs)
     probe = grad_norms("net.0", "net.2")
@@ -82,7 +66,7 @@ def test_bf16_mixed_statistics_in_float32_and_grad_norms_of_float32_grads(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed (fp16 AMP) needs a CUDA GPU")
 def test_fp16_mixed_logs_unscaled_gradient_norms(make_trainer, events, regression_data, grad_norms):
     seed_everything(0)
-    model = MLP()
+    model = MLP(hidden=64, lr=0.1)
     outputs = []
     handle = capture_outputs(model.net[0], outputs)
     probe = grad_norms("net.0", "net.2")

@@ -7,32 +7,17 @@ from pytorch_lightning import LightningModule, seed_everything
 from torch import nn
 
 from ln_diagnostics.callbacks import LayerDiagnostics
+from tests.reliability.conftest import MLP
 
 QUIET = {"histogram_every_n_steps": 0, "shift_every_n_steps": 0}
 
 
-class MLP(LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self(x), y)
-
+class Evaluated(MLP):
     def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.mse_loss(self(x), y))
+        self.log("val_loss", self.loss(batch))
 
     def test_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("test_loss", nn.functional.mse_loss(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)
+        self.log("test_loss", self.loss(batch))
 
 
 def capture(module, store):
@@ -235,7 +220,7 @@ def test_validation_and_test_loops_are_not_collected_and_add_no_hooks(
     make_trainer, events, regression_data, hooks
 ):
     seed_everything(0)
-    model = MLP()
+    model = Evaluated()
     train_out = []
     handle = capture(model.net[0], train_out)
     diag = LayerDiagnostics(every_n_steps=1, **QUIET)

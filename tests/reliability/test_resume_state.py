@@ -5,31 +5,15 @@ import math
 
 import pytest
 import torch
-from pytorch_lightning import LightningModule, seed_everything
-from torch import nn
+from pytorch_lightning import seed_everything
 
 from ln_diagnostics.callbacks import DiagnosticThresholds, LayerDiagnostics
+from tests.reliability.conftest import MLP
 
 EPOCH = 4  # steps of the first run
 # One batch per epoch, the same every step: Lightning's bookkeeping of where a resumed run is in
 # its epoch cannot change which data a step sees, so resumed values must equal uninterrupted ones.
 ONE_BATCH = {"n": 8, "batch_size": 8}
-
-
-class MLP(LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
 def diagnostics():
@@ -56,7 +40,7 @@ def test_resume_continues_counters_shift_references_and_threshold_history(
     whole_diag, whole_thr = diagnostics(), thresholds(LOOSE)
     whole = make_trainer([whole_diag, whole_thr], max_steps=2 * EPOCH)
     whole.fit(MLP(), train_dataloaders=data)
-    history = whole_thr.state_dict()["history"]["health/grad_norm_total"]
+    history = sorted(logged_values(events, whole.logger.log_dir)["health/grad_norm_total"].items())
     assert [s for s, _ in history] == list(range(2 * EPOCH))
 
     # A "mean" bound that the whole run passes but its second half alone fails: it holds in the
@@ -82,7 +66,7 @@ def test_resume_continues_counters_shift_references_and_threshold_history(
 
     assert first_diag.n_logged == EPOCH
     assert second_diag.n_logged == whole_diag.n_logged == 2 * EPOCH
-    assert second_thr.state_dict()["history"] == whole_thr.state_dict()["history"]
+    assert second_thr.state_dict()["folds"] == whole_thr.state_dict()["folds"]
     expected = logged_values(events, whole.logger.log_dir)
     resumed = logged_values(events, second.logger.log_dir)
     shift_tags = [t for t in expected if t.startswith(("shift/", "health/shift_"))]

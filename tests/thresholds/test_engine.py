@@ -12,7 +12,6 @@ from ln_diagnostics.thresholds.engine import (
     RunEvaluator,
     SeriesFold,
     closest_tags,
-    describe_unmatched,
     evaluate,
     evaluate_series,
     is_settled,
@@ -205,14 +204,57 @@ def test_evaluate_orders_results_and_reports_unmatched():
     assert not evaluation.passed
 
 
+def _run_of(rules, series):
+    run = RunEvaluator(RuleIndex(rules))
+    for tag, points in series.items():
+        add = run.sink(tag)
+        for step, value in points if add else ():
+            add(step, value)
+    return run
+
+
 def test_closest_and_describe_unmatched():
     tags = ["gradients/norm/net.0", "activations/std/net.0", "health/grad_norm_total"]
     assert closest_tags("gradients/nrm/*", tags)[0] == "gradients/norm/net.0"
     assert closest_tags("zzz", tags) == []
     series = {tag: [(0, 1.0), (7, 1.0)] for tag in tags}
-    message = describe_unmatched(Rule(tag="gradients/nrm/*", max=1.0), series)
+    typo, late = Rule(tag="gradients/nrm/*", max=1.0), Rule(tag="health/*", max=1.0, after_step=50)
+    run = _run_of([typo, late], series)
+    message = run.describe_unmatched(typo)
     assert message.startswith("rule 'gradients/nrm/*' matches no scalar tag; closest: grad")
-    message = describe_unmatched(Rule(tag="health/*", max=1.0, after_step=50), series)
+    message = run.describe_unmatched(late)
     assert "matches 1 tag but none has a point at step >= after_step = 50" in message
     assert "(last logged step: 7)" in message
-    assert describe_unmatched(Rule(tag="x", max=1.0), {}).endswith("no scalar tags at all")
+    lonely = Rule(tag="x", max=1.0)
+    assert _run_of([lonely], {}).describe_unmatched(lonely).endswith("no scalar tags at all")
+
+
+def test_a_tag_offered_twice_keeps_one_set_of_folds():
+    run = RunEvaluator(RuleIndex([Rule(tag="t", max=1.0), Rule(tag="t", max=1.0, after_step=1)]))
+    add = run.sink("t")
+    assert run.sink("t") is add
+    add(0, 0.5)
+    run.sink("t")(1, 2.0)
+    assert [(r.points, r.crossings) for r in run.evaluation().results] == [(2, 1), (1, 1)]
+    assert [rule.after_step for rule, _ in run.folds_of("t")] == [0, 1]
+
+
+def test_run_state_round_trip_gives_the_same_verdicts():
+    rules = [Rule(tag="t/*", min=0.0, max=1.0), Rule(tag="t/*", max=1.0, over="last", after_step=2)]
+    points = [(0, "t/a", 0.5), (1, "t/a", -1.0), (2, "t/b", NAN), (3, "t/a", 2.0), (4, "u", 1.0)]
+    whole, first = RunEvaluator(RuleIndex(rules)), RunEvaluator(RuleIndex(rules))
+    for step, tag, value in points:
+        for run in (whole, first) if step < 3 else (whole,):
+            add = run.sink(tag)
+            if add is not None:
+                add(step, value)
+    resumed = RunEvaluator(RuleIndex(rules))
+    assert resumed.load_state_dict(first.state_dict()) == []
+    for step, tag, value in points[3:]:
+        add = resumed.sink(tag)
+        if add is not None:
+            add(step, value)
+    assert resumed.evaluation() == whole.evaluation()
+    assert list(resumed.tags) == list(whole.tags) == ["t/a", "t/b", "u"]
+    with pytest.raises(ValueError, match="tag 't/a' was already offered"):
+        resumed.load_state_dict(first.state_dict())
