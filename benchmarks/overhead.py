@@ -66,6 +66,7 @@ Run::
     python benchmarks/overhead.py --quick                # 1 round, 3 steps: a smoke run
     python benchmarks/overhead.py --breakdown ours_default --steps 300   # step 0 / logging step
     python benchmarks/overhead.py --profile ours_every_1 --models mlp   # cProfile breakdown
+    python benchmarks/overhead.py --kernels              # per-output designs, norms (µs)
 
 Results go to ``benchmarks/results/overhead.json`` (``--json`` to change). Numbers depend on the
 machine and its load: compare ratios, not milliseconds, and rerun on a quiet machine before
@@ -602,6 +603,127 @@ def measure_memory(
 
 
 # ----------------------------------------------------------------------------------- profile
+# ----------------------------------------------------------------------------------- kernels
+#: the watched-output shapes of the benchmark models: MLP and encoder blocks, the encoder's
+#: feed-forward, the CNN's three resolutions
+KERNEL_SHAPES = ((128, 256), (32, 16, 64), (32, 16, 256), (32, 16, 32, 32), (32, 32, 16, 16))
+
+
+def _fastest_us(candidates: dict[str, Callable[[], Any]], reps: int, trials: int = 7) -> dict:
+    """Per candidate, the fastest mean over ``trials`` runs of ``reps`` calls, in µs; the
+    candidates take turns in every trial, so that the other work of a shared machine disturbs
+    them alike and the fastest run is the least disturbed."""
+    best = dict.fromkeys(candidates, math.inf)
+    for fn in candidates.values():
+        fn()
+    for _ in range(trials):
+        for name, fn in candidates.items():
+            started = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - started) / reps)
+    return {name: 1e6 * t for name, t in best.items()}
+
+
+def _gram_sums(x: Tensor, rows: Tensor) -> Tensor:
+    """Design alternative, fusing the power sums into one matrix product: the rows ``1, d, d²,
+    [x != 0], [x non-finite]`` in one buffer and their Gram matrix, whose entries hold
+    ``Σd .. Σd⁴`` and the counts (plus ``aminmax``): the numbers of ``power_sums``."""
+    flat = x.reshape(-1)
+    k = flat.mean()
+    b = rows[:, : flat.numel()]
+    b[0].fill_(1.0)
+    torch.sub(flat, k, out=b[1])
+    torch.mul(b[1], b[1], out=b[2])
+    torch.ne(flat, 0.0, out=b[3])
+    torch.mul(flat, 0.0, out=b[4]).nan_to_num_(nan=1.0)
+    return torch.cat([k[None], torch.mm(b, b.T).reshape(-1), torch.stack(torch.aminmax(flat))])
+
+
+def _batched_sums(outputs: Sequence[Tensor], work: Tensor) -> list[Tensor]:
+    """Design alternative, batching outputs of one shape: as many as fit in one
+    ``moments.CHUNK`` are copied into the rows of a block (the outputs themselves are not kept),
+    and one call per statistic reduces all of its rows: the numbers of ``power_sums``."""
+    n = outputs[0].numel()
+    per_block = max(1, work.shape[1] // n)
+    results = []
+    for start in range(0, len(outputs), per_block):
+        group = outputs[start : start + per_block]
+        x, d, s = (w[: len(group) * n].view(len(group), n) for w in work)
+        torch.stack([o.reshape(-1) for o in group], out=x)
+        k = x.mean(1, keepdim=True)
+        torch.sub(x, k, out=d)
+        torch.mul(d, d, out=s)
+        s1, s2 = d.sum(1), s.sum(1)
+        s3, s4 = torch.linalg.vecdot(s, d), torch.linalg.vecdot(s, s)  # bmm: ~20x slower
+        low, high = x.amin(1), x.amax(1)  # aminmax(dim=1): ~20x slower
+        nonzero = torch.ne(x, 0.0, out=d).sum(1)
+        nonfinite = torch.mul(x, 0.0, out=s).nan_to_num_(nan=1.0).sum(1)
+        sums = [k[:, 0], s1, s2, s3, s4, low, high, nonzero, nonfinite]
+        results.append(torch.stack(sums, 1))
+    return results
+
+
+def kernels() -> str:
+    """Per-output statistics and parameter norms by the designs weighed for them, in µs."""
+    moments = importlib.import_module("ln_diagnostics.stats.moments")
+    collector = importlib.import_module("ln_diagnostics.collect.collector")
+    torch.manual_seed(0)
+    chunk = moments.CHUNK
+    lines = [
+        "# per watched output, µs (fastest of 7, candidates interleaved): power_sums in chunks of",
+        f"# 1 Mi elements (before) and of {chunk} (now); one Gram matrix product; 73 outputs",
+        "# batched into blocks of rows",
+        f"{'output shape':<18} {'1 Mi chunks':>11} {'now':>8} {'gram':>8} {'batched':>8}",
+    ]
+
+    def chunked(x: Tensor, scratch: Any, size: int) -> Callable[[], Any]:
+        def run() -> Any:
+            moments.CHUNK = size
+            try:
+                return moments.power_sums(x, scratch=scratch)
+            finally:
+                moments.CHUNK = chunk
+
+        return run
+
+    for shape in KERNEL_SHAPES:
+        x = torch.randn(*shape)
+        n = x.numel()
+        outputs = [x] * 73  # each output hot in the cache, as in the hook that copies it
+        work = torch.empty(3, max(n, chunk))
+        rows = torch.empty(5, n)
+        scratch = moments.Scratch()
+        times = _fastest_us(
+            {
+                "before": chunked(x, scratch, 1 << 20),
+                "now": chunked(x, scratch, chunk),
+                "gram": lambda x=x, rows=rows: _gram_sums(x, rows),
+                "batched": lambda o=outputs, w=work: _batched_sums(o, w),
+            },
+            reps=max(2, 1_000_000 // n),
+        )
+        times["batched"] /= len(outputs)
+        cells = " ".join(f"{times[k]:>8.1f}" for k in ("now", "gram", "batched"))
+        lines.append(f"{tuple(shape)!s:<18} {times['before']:>11.1f} {cells}")
+    mlp = DeepMLP(1)
+    tensors = [p.detach() for p in mlp.parameters()] * 2  # gradients and parameters
+    norms = _fastest_us(
+        {
+            "float64": lambda: torch._foreach_norm(tensors, 2.0, dtype=torch.float64),
+            "pieces": lambda: collector._norms(tensors),
+        },
+        reps=20,
+    )
+    lines += [
+        "",
+        f"# norms of the MLP's {len(tensors) // 2} parameters and as many gradients, µs",
+        f"foreach_norm in float64 (before) {norms['float64']:>9.1f}",
+        f"float32 pieces, float64 sums     {norms['pieces']:>9.1f}",
+    ]
+    return "\n".join(lines)
+
+
 def profile(model_name: str, config: str, steps: int, top: int = 30) -> str:
     """cProfile of one fit (``steps`` steps); the top functions by own time and cumulative."""
     import cProfile
@@ -629,8 +751,8 @@ PHASES: tuple[tuple[str, str, str], ...] = (
         "ln_diagnostics.callbacks.layer_diagnostics",
         "LayerDiagnostics.setup",
     ),
-    ("HParams session", "ln_diagnostics.callbacks.layer_diagnostics", "start_dashboard"),
-    ("text summary", "ln_diagnostics.callbacks.layer_diagnostics", "write_run_summary"),
+    ("HParams session", "ln_diagnostics.engine.engine", "start_dashboard"),
+    ("text summary", "ln_diagnostics.engine.engine", "Engine.write_summary"),
     (
         "activation statistics (forward hooks)",
         "ln_diagnostics.collect.collector",
@@ -651,10 +773,13 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("host copy", "ln_diagnostics.collect.collector", "Collector._to_host"),
     ("host side: scalars and tags", "ln_diagnostics.collect.collector", "Collector._unpack"),
     ("shift probe (no-grad forward)", "ln_diagnostics.collect.shift", "ShiftProbe.measure"),
-    ("emit: event file", "ln_diagnostics.callbacks.layer_diagnostics", "write_report"),
+    ("emit: event file", "ln_diagnostics.engine.engine", "write_report"),
     ("dashboard history", "ln_diagnostics.tensorboard.dashboard", "Dashboard.update"),
     ("custom-scalars layout", "ln_diagnostics.tensorboard.dashboard", "Dashboard.write_layout"),
-    ("heat maps", "ln_diagnostics.tensorboard.dashboard", "Dashboard.write_heatmaps"),
+    ("heat maps, depth profile", "ln_diagnostics.tensorboard.dashboard", "Dashboard.draw"),
+    ("diagnosis: record", "ln_diagnostics.engine.diagnosis", "Diagnosis.record"),
+    ("diagnosis: findings text", "ln_diagnostics.engine.diagnosis", "Diagnosis.write"),
+    ("fit-end report", "ln_diagnostics.engine.engine", "console_report"),
 )
 
 
@@ -740,6 +865,9 @@ def breakdown(model_name: str, config: str, steps: int) -> dict[str, Any]:
                 "step0_ms": first,
                 "logging_step_ms": statistics.fmean(later) if later else 0.0,
                 "other_steps_ms": other,
+                # the untimed last step and fit end (the last pictures, the diagnosis)
+                "fit_end_ms": 1e3
+                * sum(t for (lb, s), t in timer.times.items() if lb == label and s >= steps),
                 "total_ms": 1e3
                 * sum(t for (lb, s), t in timer.times.items() if lb == label and s < steps),
             }
@@ -765,20 +893,16 @@ def format_breakdown(result: dict[str, Any]) -> str:
         f"{result['plain_median_step_ms']:.2f} ms, step 0 {result['plain_step0_ms']:.1f} ms plain "
         f"vs {result['step0_ms']:.1f} ms; fit {result['plain_fit_s']:.2f} s plain vs "
         f"{result['fit_s']:.2f} s; {len(logged)} logging steps after step 0",
-        f"{'phase':<42} {'step 0 ms':>10} {'per logging step ms':>20} {'fit total ms':>13}",
+        f"{'phase':<42} {'step 0 ms':>10} {'per logging step ms':>20} {'timed steps ms':>15} "
+        f"{'fit end ms':>11}",
     ]
-    for row in result["phases"]:
+    keys = ("step0_ms", "logging_step_ms", "total_ms", "fit_end_ms")
+    total = {k: sum(r[k] for r in result["phases"]) for k in keys}
+    for row in [*result["phases"], {"phase": "all of the above", **total}]:
         lines.append(
             f"{row['phase']:<42} {row['step0_ms']:>10.2f} {row['logging_step_ms']:>20.2f} "
-            f"{row['total_ms']:>13.1f}"
+            f"{row['total_ms']:>15.1f} {row['fit_end_ms']:>11.1f}"
         )
-    total = {
-        k: sum(r[k] for r in result["phases"]) for k in ("step0_ms", "logging_step_ms", "total_ms")
-    }
-    lines.append(
-        f"{'all of the above':<42} {total['step0_ms']:>10.2f} {total['logging_step_ms']:>20.2f} "
-        f"{total['total_ms']:>13.1f}"
-    )
     return "\n".join(lines)
 
 
@@ -890,6 +1014,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="instead of the benchmark: time CONFIG's phases (step 0 and logging steps) on "
         "every --models model for --steps steps",
     )
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="instead of the benchmark: time the per-output statistics and the parameter norms "
+        "by the designs weighed for them",
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # "model:config", internal
     args = parser.parse_args(argv)
     if args.quick:
@@ -950,6 +1080,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         print(json.dumps(_memory_child(model_name, config, args.memory_steps)))
         return {}
 
+    if args.kernels:
+        print(kernels())
+        return {}
     models = _names(args.models, MODELS, "models")
     configs = _names(args.configs, CONFIGS, "configs")
     if args.profile:

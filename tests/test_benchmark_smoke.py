@@ -86,3 +86,31 @@ def test_unknown_configuration_lists_the_valid_ones():
     bench = load_benchmark()
     with pytest.raises(SystemExit, match=r"nope.*ours_default"):
         bench.main(["--quick", "--configs", "plain,nope"])
+
+
+def test_the_weighed_designs_compute_the_numbers_of_power_sums():
+    """``--kernels`` times alternatives to ``power_sums``: they must compute the same sums."""
+    import torch
+
+    from ln_diagnostics.stats.moments import FIELDS, power_sums
+
+    bench = load_benchmark()
+    torch.manual_seed(0)
+    outputs = [torch.randn(16, 48) + 3.0 for _ in range(5)]
+    for x in outputs:
+        x[0, :7] = 0.0
+    want = [dict(zip(FIELDS, power_sums(x).tolist(), strict=True)) for x in outputs]
+
+    gram = bench._gram_sums(outputs[0], torch.empty(5, outputs[0].numel())).tolist()
+    g = torch.tensor(gram[1:26]).view(5, 5)  # rows 1, d, d², [x != 0], [non-finite]
+    got = {"shift": gram[0], "s1": g[0, 1], "s2": g[1, 1], "s3": g[1, 2], "s4": g[2, 2]}
+    got |= {"nonzero": g[0, 3], "nonfinite": g[0, 4], "min": gram[26], "max": gram[27]}
+    for field, value in got.items():
+        assert float(value) == pytest.approx(want[0][field], rel=1e-4, abs=1e-3), field
+
+    work = torch.empty(3, 2 * outputs[0].numel())  # two outputs a block: three blocks
+    rows = torch.cat(bench._batched_sums(outputs, work)).tolist()
+    batched_fields = [f for f in FIELDS if f != "saturated"]
+    for row, expected in zip(rows, want, strict=True):
+        for field, value in zip(batched_fields, row, strict=True):
+            assert value == pytest.approx(expected[field], rel=1e-4, abs=1e-3), field

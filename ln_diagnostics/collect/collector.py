@@ -71,33 +71,41 @@ __all__ = ["Collector", "select_modules"]
 
 
 def _norms(tensors: list[Tensor]) -> list[Tensor]:
-    """L2 norms with one fused kernel per (device, dtype) group, no host sync.
+    """L2 norms, float64 (float32 on MPS), with one fused call per (device, dtype) group and no
+    host sync.
 
-    Asked for in float64: the CPU then accumulates in float64 (in float32 the norm of a
-    2.4 M-element tensor is off by 4e-5 relative), converting one :data:`CHUNK` of a large
-    tensor at a time so that no float64 copy of it exists; CUDA's fused kernel adds float32
-    inputs in short blocks without a copy. MPS has no float64, so there the norms stay float32.
+    On the CPU each tensor is reduced in float32, one :data:`CHUNK` at a time, and the squares of
+    the pieces' norms are added in float64: a float32 norm of 128 Ki elements is good to ~1e-7
+    relative (of a 2.4 M-element tensor in one piece, 4e-5), while float64 norms convert each
+    tensor to float64 first, several times slower on the benchmark MLP's parameters
+    (``benchmarks/overhead.py --kernels``). CUDA's fused kernel accumulates float32 inputs in
+    float64 without a copy. MPS has no float64, so there the norms stay float32.
     """
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     for index, t in enumerate(tensors):
         groups[(t.device, t.dtype)].append(index)
     out: list[Tensor] = [torch.empty(0)] * len(tensors)
-    for (device, _), indices in groups.items():
-        dtype = torch.float32 if device.type == "mps" else torch.float64
-        parts: list[Tensor] = []
-        counts: list[int] = []
-        for i in indices:
-            t = tensors[i]
-            chunked = device.type == "cpu" and t.numel() > CHUNK
-            chunks = t.reshape(-1).split(CHUNK) if chunked else (t,)
-            parts.extend(chunks)
-            counts.append(len(chunks))
-        norms = torch._foreach_norm(parts, 2.0, dtype=dtype)
-        start = 0
-        for i, count in zip(indices, counts, strict=True):
-            own = norms[start : start + count]
-            out[i] = own[0] if count == 1 else torch.stack(own).norm()
-            start += count
+    for (device, dtype), indices in groups.items():
+        if device.type != "cpu":
+            wide = torch.float32 if device.type == "mps" else torch.float64
+            norms = torch._foreach_norm([tensors[i] for i in indices], 2.0, dtype=wide)
+        else:
+            parts: list[Tensor] = []
+            owners: list[int] = []
+            for k, i in enumerate(indices):
+                t = tensors[i]
+                pieces = t.reshape(-1).split(CHUNK) if t.numel() > CHUNK else (t,)
+                parts.extend(pieces)
+                owners.extend([k] * len(pieces))
+            narrow = None if dtype in (torch.float32, torch.float64) else torch.float32
+            pieces_norms = torch.stack(torch._foreach_norm(parts, 2.0, dtype=narrow)).double()
+            if len(parts) > len(indices):  # a tensor in several pieces: add their squares
+                totals = torch.zeros(len(indices), dtype=torch.float64)
+                owner = torch.tensor(owners)
+                pieces_norms = totals.index_add_(0, owner, pieces_norms.square_()).sqrt_()
+            norms = pieces_norms.unbind()
+        for i, norm in zip(indices, norms, strict=True):
+            out[i] = norm
     return out
 
 

@@ -34,8 +34,11 @@ SATURATION_THRESHOLD = 0.97
 
 
 #: Elements reduced per pass of :func:`power_sums`; larger tensors are reduced chunk by chunk,
-#: which bounds the scratch memory at three float32 buffers of this length.
-CHUNK = 1 << 20
+#: which bounds the scratch memory at three float32 buffers of this length (1.5 MiB) and keeps
+#: them in a core's L2 cache between the passes: on a 32x16x32x32 output the statistics take
+#: ~0.9 ms in 128 Ki-element chunks against ~2.1 ms in 1 Mi-element ones, whose passes stream
+#: from memory (``benchmarks/overhead.py --kernels``).
+CHUNK = 1 << 17
 
 
 class Scratch:
@@ -141,8 +144,8 @@ def power_sums(
 
     Every step writes float32 values: boolean masks and ``count_nonzero`` are several times
     slower on the CPU, so the zero count sums ``x != 0`` written into a float buffer, the
-    saturation count sums ``relu(sign(|y| - T))`` and non-finite values are found as the NaNs
-    of ``x * 0``.
+    saturation count sums ``|y| > T`` written likewise and non-finite values are found as the
+    NaNs of ``x * 0``.
     """
     flat = dense_values(x.detach()).reshape(-1)
     if shift is not None:
@@ -187,10 +190,13 @@ def _chunk_sums(
         sums.append(torch.zeros_like(k))
     else:
         if saturation == "tanh":
-            torch.abs(part, out=d).sub_(SATURATION_THRESHOLD)
+            torch.abs(part, out=d)
+            threshold = SATURATION_THRESHOLD
         else:
-            torch.sub(part, 0.5, out=d).abs_().sub_(SATURATION_THRESHOLD - 0.5)
-        sums.append(d.sign_().relu_().sum())
+            torch.sub(part, 0.5, out=d).abs_()
+            threshold = SATURATION_THRESHOLD - 0.5
+        torch.gt(d, threshold, out=d)  # 1.0 above the threshold, ±inf included, NaN not
+        sums.append(d.sum())
     torch.mul(part, 0.0, out=scratch)  # 0, or NaN where x is NaN or ±inf
     sums.append(scratch.nan_to_num_(nan=1.0).sum())
     return sums

@@ -13,7 +13,9 @@ the host only, with values that are already there, so it adds no device synchron
 * **Images**: heat maps of the backprop norm (relative to the stack's last layer) and of the
   activation std, layers (forward order) × the last ``max_steps`` logging steps, in colour ranges
   fixed for every run, and the depth profile (four statistics against layer index at step 0 and at
-  the latest step). Drawn every ``heatmap_every_n_steps`` and by :meth:`Dashboard.finish`.
+  the latest step). Drawn every ``heatmap_every_n_steps`` after step 0 (a one-column picture
+  is not worth a drawing's ~0.1 s at step 0; the profile's step-0 line is kept for the later
+  ones) and by :meth:`Dashboard.finish`.
 * **Text** and **HParams**: :meth:`Dashboard.write_summary` and :meth:`Dashboard.write_hparams`.
   The Text tab lists tags by name, so the diagnosis (text ``diagnosis``, written by the diagnosis
   front end) comes before this summary (``diagnostics/summary``).
@@ -148,8 +150,8 @@ class Dashboard:
 
     Args:
         writer: the run's ``torch.utils.tensorboard.SummaryWriter``.
-        heatmap_every_n_steps: redraw the heat maps and the depth profile on steps divisible by
-            this (step 0 included); 0 only at :meth:`finish`.
+        heatmap_every_n_steps: redraw the heat maps and the depth profile on steps after 0
+            divisible by this; 0 only at :meth:`finish`.
         max_steps: columns kept in the heat maps (the most recent logging steps).
         prefix: the tags' phase prefix (e.g. ``"val/"``); empty for training.
         layer_types: module class name per layer, shown next to the name (``net.3 Tanh``).
@@ -215,7 +217,7 @@ class Dashboard:
             self._first = column
         self._history.append(column)
         every = self.heatmap_every_n_steps
-        if every and report.step % every == 0:
+        if every and report.step > 0 and report.step % every == 0:
             self.draw(report.step)
 
     def finish(self) -> None:

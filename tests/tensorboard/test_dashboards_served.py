@@ -142,8 +142,9 @@ def test_heatmap_images_are_served_as_png(server):
     for tag in names:
         query = urllib.parse.urlencode({"run": run, "tag": tag, "sample": 0})
         entries = json.loads(get(base, f"/data/plugin/images/images?{query}"))
-        # the histogram interval (2) and the last logging step (4) again at fit end: not twice
-        assert [e["step"] for e in entries] == [0, 2, 4]
+        # the histogram interval after step 0 (2) and the last logging step (4) again at fit
+        # end: not twice
+        assert [e["step"] for e in entries] == [2, 4]
         png = get(base, f"/data/plugin/images/individualImage?{entries[-1]['query']}")
         assert png.startswith(PNG_MAGIC)
         width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
