@@ -58,7 +58,8 @@ class Diagnostics(EngineFront):
         self.engine.batch(batch)
 
     def before_optimizer_step(self, optimizer: Any | None = None) -> None:
-        """Read gradients for this step (only does work on logging steps)."""
+        """Read gradients for this step: their total norm on every step (on the device, for
+        the window sentinels), every statistic on logging steps."""
         self.engine.before_optimizer_step(optimizer)
 
     def step(self) -> StepReport | None:

@@ -136,7 +136,7 @@ class Diagnosis:
         """Record a logging step; rewrite the ``diagnosis`` text when the heat maps redraw."""
         self.record(report, collector, writer)
         every = getattr(dashboard, "heatmap_every_n_steps", 0)
-        if writer is not None and every and report.step % every == 0:
+        if writer is not None and every and report.step > 0 and report.step % every == 0:
             self.write(writer, report.step)
 
     def state_dict(self) -> dict[str, Any]:
