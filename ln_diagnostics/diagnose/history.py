@@ -50,6 +50,7 @@ RELEVANT: frozenset[tuple[str, str]] = frozenset(
         (UPDATES, "ratio"),
         (SHIFT, "mean_step"),
         (HEALTH, "grad_norm_total"),
+        (HEALTH, "grad_norm_total_max"),
         (HEALTH, "nonfinite_grads"),
         (HEALTH, "nonfinite_activations"),
         (HEALTH, "update_ratio_total"),

@@ -594,20 +594,26 @@ def _updates(run: _Run, t: Thresholds) -> list[Finding]:
 
 
 def _spikes(run: _Run, t: Thresholds) -> list[Finding]:
-    """``gradient_spike``: ``health/grad_norm_total`` far above the median of earlier steps."""
+    """``gradient_spike``: the total gradient norm of a logging step, or the largest since the
+    previous one (``health/grad_norm_total_max``, the window sentinel), far above the median of
+    the earlier logging steps' ``health/grad_norm_total``."""
     points = run.health.get("grad_norm_total", [])
+    window = dict(run.health.get("grad_norm_total_max", []))
     earlier: list[float] = []
     spikes = []
     for step, value in points:
-        if len(earlier) >= t.spike_min_history and math.isfinite(value):
+        peak = window.get(step, value)
+        worst, tag = (peak, "grad_norm_total_max") if peak > value else (value, "grad_norm_total")
+        if len(earlier) >= t.spike_min_history and math.isfinite(worst):
             median = earlier[len(earlier) // 2]
-            if median > 0 and value > t.spike_factor * median:
-                spikes.append((step, value / median, value, median))
+            if median > 0 and worst > t.spike_factor * median:
+                spikes.append((step, worst / median, worst, median, tag))
         if math.isfinite(value):
             bisect.insort(earlier, value)
     if not spikes:
         return []
-    step, factor, value, median = max(spikes, key=lambda s: s[1])
+    step, factor, value, median, tag = max(spikes, key=lambda s: s[1])
+    where = f"at step {step}" if tag == "grad_norm_total" else f"in the steps up to {step}"
     return [
         Finding(
             "gradient_spike",
@@ -616,11 +622,11 @@ def _spikes(run: _Run, t: Thresholds) -> list[Finding]:
             spikes[0][0],
             spikes[-1][0],
             factor,
-            f"total gradient norm {value:.3g} at step {step} is {factor:.1f}x the running median "
+            f"total gradient norm {value:.3g} {where} is {factor:.1f}x the running median "
             f"{median:.3g}; {len(spikes)} spike{'s' if len(spikes) > 1 else ''} above "
             f"{t.spike_factor:g}x",
             {
-                "tag": f"{HEALTH}/grad_norm_total",
+                "tag": f"{HEALTH}/{tag}",
                 "worst_step": step,
                 "value": value,
                 "running_median": median,

@@ -207,6 +207,25 @@ CASES = [
         [("gradient_spike", "", 5, 5)],
     ),
     (
+        "spike between logging steps, seen by the window maximum",
+        {
+            "health/grad_norm_total": [(s, 1.0) for s in range(0, 70, 10)],
+            "health/grad_norm_total_max": [(s, 1.0) for s in range(0, 50, 10)]
+            + [(50, 10.01), (60, 1.0)],
+        },
+        info(),
+        [("gradient_spike", "", 50, 50)],
+    ),
+    (
+        "window maximum at the factor",
+        {
+            "health/grad_norm_total": [(s, 1.0) for s in range(0, 70, 10)],
+            "health/grad_norm_total_max": [(s, 10.0 if s == 50 else 1.0) for s in range(0, 70, 10)],
+        },
+        info(),
+        [],
+    ),
+    (
         "spike needs 5 earlier steps",
         {"health/grad_norm_total": [(s, 1.0) for s in range(4)] + [(4, 100.0)]},
         info(),

@@ -154,3 +154,22 @@ def test_attach_and_the_callback_take_the_same_options_with_the_same_defaults():
     assert DiagnosticsOptions.create().as_dict() == {**callback, "include": (), "exclude": ()}
     with pytest.raises(TypeError, match="unknown options \\['every'\\]"):
         DiagnosticsOptions.create(every=5)
+
+
+def test_a_spike_between_logging_steps_is_a_gradient_spike_finding():
+    model = tanh_mlp(depth=2)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-9)  # the spike must not change the model
+    with attach(model, every_n_steps=5) as diag:
+        for step in range(36):
+            gen = torch.Generator().manual_seed(step)
+            x = torch.randn(32, 16, generator=gen)
+            loss = F.mse_loss(model(x), x[:, :1]) * (1e6 if step == 27 else 1.0)
+            loss.backward()
+            diag.before_optimizer_step()
+            opt.step()
+            opt.zero_grad()
+            diag.step()
+    (spike,) = [f for f in diag.diagnose() if f.kind == "gradient_spike"]
+    assert (spike.first_step, spike.last_step) == (30, 30)  # step 27's spike, seen at step 30
+    assert spike.evidence["tag"] == "health/grad_norm_total_max"
+    assert "in the steps up to 30" in spike.message
