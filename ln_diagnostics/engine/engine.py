@@ -126,11 +126,12 @@ class Engine:
             collector.set_groups(block_names(collector.layer_names, depth=opts.group_depth))
         self.probes.setup(host, model, collector, schedule)
         if writer is not None:
+            resolved = self.run_options()
             self.dashboard = start_dashboard(
                 writer,
                 collector,
                 heatmap_every_n_steps=schedule.heatmaps,
-                varied={name: self.run_options()[name] for name in opts.changed()},
+                varied={name: resolved[name] for name in opts.changed()},
                 model_hparams=model_hparams or {},
                 state=self._dashboard_state,
             )

@@ -143,6 +143,7 @@ class Probes:
         self._loaded: dict[str, Any] | None = None
         self._pending: dict[str, float] = {}
         self._shift_due = self._ics_due = False
+        self._step = 0  # the step in progress, set by begin()
         self._capture: RemovableHandle | None = None
 
     # ------------------------------------------------------------------ set-up
