@@ -55,7 +55,7 @@ def test_the_probe_on_a_handed_over_batch_equals_the_probe_on_the_captured_call(
     runs = []
     for hand_over in (False, True):
         model = tanh_mlp()
-        with attach(model, every_n_steps=5, shift_every_n_steps=5, diagnosis=False) as diag:
+        with attach(model, every_n_steps=5, shift_every_n_steps=5) as diag:
             runs.append(train(model, diag, 6, hand_over=hand_over)[5].scalars)
     shift = sorted(t for t in runs[0] if "shift" in t)
     assert shift and {t: runs[0][t] for t in shift} == {t: runs[1][t] for t in shift}
@@ -91,7 +91,7 @@ def test_group_depth_and_paused_evaluation():
     with torch.no_grad():  # block 0's statistics merge its Linear's and its Tanh's outputs
         hidden = model[0][0](x)
         block = torch.cat([hidden.reshape(-1), torch.tanh(hidden).reshape(-1)]).double()
-    with attach(model, every_n_steps=1, group_depth=1, diagnosis=False) as diag:
+    with attach(model, every_n_steps=1, group_depth=1) as diag:
         with diag.paused():
             model(torch.randn(64, 4))  # an evaluation inside the loop leaves no trace
         model(x).sum().backward()
@@ -108,17 +108,17 @@ def test_group_depth_and_paused_evaluation():
 
 def test_resume_continues_the_step_count_and_the_shift_references():
     model = tanh_mlp()
-    whole = attach(model, every_n_steps=5, shift_every_n_steps=5, diagnosis=False)
+    whole = attach(model, every_n_steps=5, shift_every_n_steps=5)
     reports = train(model, whole, 11)
     whole.detach()
 
     model = tanh_mlp()
-    first = attach(model, every_n_steps=5, shift_every_n_steps=5, diagnosis=False)
+    first = attach(model, every_n_steps=5, shift_every_n_steps=5)
     train(model, first, 6, hand_over=True)
     state = first.state_dict()
     first.detach()
     assert state["global_step"] == 6 and state["n_logged"] == 2
-    second = attach(model, every_n_steps=5, shift_every_n_steps=5, diagnosis=False)
+    second = attach(model, every_n_steps=5, shift_every_n_steps=5)
     second.load_state_dict(state)
     resumed = train(model, second, 5, start=6)
     second.detach()
@@ -133,7 +133,7 @@ def test_unwrap_sees_through_fabric_and_data_parallel():
     fabric = Fabric(accelerator="cpu", devices=1)
     wrapped, _ = fabric.setup(net, torch.optim.SGD(net.parameters(), 0.1))
     assert unwrap(wrapped) is net and unwrap(nn.DataParallel(net)) is net
-    with attach(wrapped, diagnosis=False) as diag:
+    with attach(wrapped) as diag:
         assert diag.collector.modules == [net]  # no wrapper segment in the names
 
 
