@@ -8,6 +8,7 @@ through its ``training_step`` with logging muted (also the default ICS loss).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -155,6 +156,16 @@ class LightningHost(Host):
 
     def warn(self, message: str) -> None:
         rank_zero_warn(message)
+
+    def planned_steps(self) -> int | None:
+        """The fit's ``max_steps`` or its epochs' optimizer steps, whichever ends it first;
+        ``None`` for a fit without an end (an iterable dataset without ``max_steps``, or
+        ``max_epochs=-1``)."""
+        try:
+            planned = self.trainer.estimated_stepping_batches
+        except Exception:  # e.g. a data loader whose length cannot be known
+            return None
+        return int(planned) if 0 < planned < math.inf else None
 
     def to_device(self, batch: Any) -> Any:
         module = self.model

@@ -3,7 +3,7 @@ turned into :class:`~ln_diagnostics.tensorboard.dashboard.Dashboard` inputs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ln_diagnostics.collect.collector import Collector
@@ -30,6 +30,7 @@ def start_dashboard(
     varied: Mapping[str, Any],
     model_hparams: Mapping[str, Any],
     state: Mapping[str, Any],
+    warn: Callable[[str], None],
 ) -> Dashboard:
     """A dashboard for ``writer``, with the run's HParams session already written.
 
@@ -37,7 +38,10 @@ def start_dashboard(
     TensorBoard keeps a run's first HParams session, so this one carries them too.
     """
     dashboard = Dashboard(
-        writer, heatmap_every_n_steps=heatmap_every_n_steps, layer_types=layer_types(collector)
+        writer,
+        heatmap_every_n_steps=heatmap_every_n_steps,
+        layer_types=layer_types(collector),
+        warn=warn,
     )
     dashboard.load_state_dict(state)
     dashboard.write_hparams(dict(varied), model_hparams=dict(model_hparams))

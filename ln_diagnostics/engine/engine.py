@@ -134,7 +134,9 @@ class Engine:
                 varied={name: resolved[name] for name in opts.changed()},
                 model_hparams=model_hparams or {},
                 state=self._dashboard_state,
+                warn=host.warn,
             )
+            self.dashboard.painter.start()  # its start-up overlaps the first steps
         if opts.diagnosis:
             self.diagnosis = Diagnosis()
             self.diagnosis.load_state_dict(self._diagnosis_state)
@@ -162,6 +164,7 @@ class Engine:
             self.collector.detach()
         self._active, self._step = False, None
         if self.dashboard is not None:
+            self.dashboard.close()
             self._dashboard_state = self.dashboard.state_dict()
         if self.diagnosis is not None:
             self._diagnosis_state = self.diagnosis.state_dict()
@@ -242,13 +245,21 @@ class Engine:
         if self.writer is not None:
             write_report(self.writer, report)
         if self.dashboard is not None:
-            self.dashboard.update(report)
+            self.dashboard.update(report, last=self._last_logging_step(report.step))
         if self.diagnosis is not None:
             self.diagnosis.update(report, self.collector, self.writer, self.dashboard)
         if self._log_metrics is not None:
             self._log_metrics(dict(report.scalars), report.step)
         for listener in list(self._listeners):
             listener(self.last_logged)
+
+    def _last_logging_step(self, step: int) -> bool:
+        """Whether no step after ``step`` logs before the run's planned end (``False`` when the
+        host does not know the end): its pictures are drawn now, while the last steps train."""
+        planned = None if self._host is None else self._host.planned_steps()
+        if planned is None or self.schedule is None:
+            return False
+        return step + self.schedule.scalars >= planned
 
     # ------------------------------------------------------------------ listeners
     def add_listener(self, listener: Listener) -> None:

@@ -74,6 +74,11 @@ class Host:
             self._warned.add(message)
             warnings.warn(message, stacklevel=3)
 
+    def planned_steps(self) -> int | None:
+        """How many optimizer steps the run is set to take, from step 0; ``None``: unknown (a
+        plain loop does not say)."""
+        return None
+
     def to_device(self, batch: Any) -> Any:
         """``batch`` with its tensors on the device of the model's first parameter."""
         param = None if self.model is None else next(self.model.parameters(), None)

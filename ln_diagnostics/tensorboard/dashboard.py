@@ -14,8 +14,12 @@ the host only, with values that are already there, so it adds no device synchron
   activation std, layers (forward order) × the last ``max_steps`` logging steps, in colour ranges
   fixed for every run, and the depth profile (four statistics against layer index at step 0 and at
   the latest step). Drawn every ``heatmap_every_n_steps`` after step 0 (a one-column picture
-  is not worth a drawing's ~0.1 s at step 0; the profile's step-0 line is kept for the later
-  ones) and by :meth:`Dashboard.finish`.
+  is not worth a drawing at step 0; the profile's step-0 line is kept for the later ones), at a
+  step :meth:`Dashboard.update` is told is the run's last logging step, and by
+  :meth:`Dashboard.finish`. A helper process draws them
+  (:class:`~ln_diagnostics.tensorboard.painter.Painter`): a logging step hands the numbers over
+  and goes on, and the images are written when they are back (at the latest by
+  :meth:`Dashboard.finish` or :meth:`Dashboard.close`).
 * **Text** and **HParams**: :meth:`Dashboard.write_summary` and :meth:`Dashboard.write_hparams`.
   The Text tab lists tags by name, so the diagnosis (text ``diagnosis``, written by the diagnosis
   front end) comes before this summary (``diagnostics/summary``).
@@ -35,8 +39,9 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -61,16 +66,15 @@ from ln_diagnostics.tensorboard.heatmap import (
     ACTIVATION_STD_SCALE,
     BACKPROP_SCALE,
     ProfilePanel,
-    render_heatmap,
-    render_profiles,
 )
 from ln_diagnostics.tensorboard.layout import TOTALS, VIEWS, build_layout, layout_summary
+from ln_diagnostics.tensorboard.painter import Painter, Picture
 from ln_diagnostics.tensorboard.summary_text import (
     LayerRow,
     hparams_summaries,
     run_summary_markdown,
 )
-from ln_diagnostics.tensorboard.writer import image_summary, write_report
+from ln_diagnostics.tensorboard.writer import write_report
 
 __all__ = ["HPARAMS_METRICS", "WORST_REFERENCE", "Dashboard", "stack_roles"]
 
@@ -155,6 +159,11 @@ class Dashboard:
         max_steps: columns kept in the heat maps (the most recent logging steps).
         prefix: the tags' phase prefix (e.g. ``"val/"``); empty for training.
         layer_types: module class name per layer, shown next to the name (``net.3 Tanh``).
+        warn: how the painter warns (the front end's once-per-message warning).
+
+    Attributes:
+        painter: draws the pictures in a helper process; :meth:`Painter.start` it early so that
+            its start-up overlaps training.
     """
 
     def __init__(
@@ -165,6 +174,7 @@ class Dashboard:
         max_steps: int = 200,
         prefix: str = "",
         layer_types: Mapping[str, str] | None = None,
+        warn: Callable[[str], None] = warnings.warn,
     ) -> None:
         self.heatmap_every_n_steps = check_int(
             "heatmap_every_n_steps", heatmap_every_n_steps, minimum=0
@@ -182,6 +192,7 @@ class Dashboard:
         self._depth_step0: float | None = None
         self._drawn: int | None = None
         self._depth_tag = health_tag("backprop_depth_log10", prefix=prefix)
+        self.painter = Painter(self._write_image, warn)
 
     @property
     def history_length(self) -> int:
@@ -199,9 +210,11 @@ class Dashboard:
         return [layers[k] for k in hidden_stack([(n, n in self._owners) for n in layers])]
 
     # ------------------------------------------------------------------ per logging step
-    def update(self, report: StepReport) -> None:
+    def update(self, report: StepReport, *, last: bool = False) -> None:
         """Feed one logging step: extend the layout if needed, write the log10 views, record the
-        step for the pictures and draw them on their interval."""
+        step for the pictures and draw them on their interval, or now if ``last`` says that no
+        logging step comes before the run ends (then :meth:`finish` has nothing left to draw)."""
+        self.painter.poll()
         self._learn_tags(report)
         column = _Column(report.step, {view: {} for view in VIEWS.values()})
         for value, number in report.scalars.items():
@@ -217,13 +230,22 @@ class Dashboard:
             self._first = column
         self._history.append(column)
         every = self.heatmap_every_n_steps
-        if every and report.step > 0 and report.step % every == 0:
+        if last or (every and report.step > 0 and report.step % every == 0):
             self.draw(report.step)
 
     def finish(self) -> None:
-        """Draw the pictures of the last logging step, if that step has not been drawn yet."""
+        """Draw the pictures of the last logging step, if that step has not been drawn yet, and
+        :meth:`close`."""
         if self._history and self._history[-1].step != self._drawn:
             self.draw(self._history[-1].step)
+        self.close()
+
+    def close(self) -> None:
+        """Write the pictures still being drawn (waiting for them) and stop the helper."""
+        self.painter.close()
+
+    def _write_image(self, summary: Any, step: int) -> None:
+        self.writer._get_file_writer().add_summary(summary, step)
 
     def _learn_tags(self, report: StepReport) -> None:
         new_tags = [value for value in report.scalars if value not in self._route]
@@ -320,28 +342,31 @@ class Dashboard:
         return inside[0], inside[-1]
 
     def draw(self, step: int) -> None:
-        """Render and write the heat maps and the depth profile of the history so far."""
-        file_writer = self.writer._get_file_writer()
+        """Hand the heat maps and the depth profile of the history so far to the painter."""
+        pictures = []
         for name, (what, scale) in _HEATMAPS.items():
             data = self.heatmap(name)
             if data is None:
                 continue
             matrix, rows, steps = data
-            image = render_heatmap(
-                matrix,
-                row_labels=[self.label(r) for r in rows],
-                steps=steps,
-                scale=scale,
-                title=f"{what}, steps {steps[0]}–{steps[-1]}",
-                stack=self._stack_span(rows),
+            pictures.append(
+                Picture(
+                    heatmap_tag(name, prefix=self.prefix),
+                    "heatmap",
+                    {
+                        "values": matrix,
+                        "row_labels": [self.label(r) for r in rows],
+                        "steps": steps,
+                        "scale": scale,
+                        "title": f"{what}, steps {steps[0]}–{steps[-1]}",
+                        "stack": self._stack_span(rows),
+                    },
+                )
             )
-            file_writer.add_summary(
-                image_summary(heatmap_tag(name, prefix=self.prefix), image), step
-            )
-        profile = self.profile_image()
+        profile = self.profile_picture()
         if profile is not None:
-            tag = heatmap_tag(DEPTH_PROFILE, prefix=self.prefix)
-            file_writer.add_summary(image_summary(tag, profile), step)
+            pictures.append(profile)
+        self.painter.submit(step, pictures)
         self._drawn = step
 
     def profile_panels(self) -> tuple[list[str], list[ProfilePanel]]:
@@ -367,16 +392,20 @@ class Dashboard:
                 panels.append(ProfilePanel(title, lines, limits, reference))
         return layers, panels
 
-    def profile_image(self) -> np.ndarray | None:
-        """The depth profile as an RGB image; ``None`` before the first logging step."""
+    def profile_picture(self) -> Picture | None:
+        """The depth profile to draw; ``None`` before the first logging step."""
         layers, panels = self.profile_panels()
         if not panels:
             return None
-        return render_profiles(
-            panels,
-            layer_labels=[self.label(n) for n in layers],
-            title="Depth profile: dashed = step 0, solid = latest step",
-            stack=self._stack_span(layers),
+        return Picture(
+            heatmap_tag(DEPTH_PROFILE, prefix=self.prefix),
+            "profiles",
+            {
+                "panels": panels,
+                "layer_labels": [self.label(n) for n in layers],
+                "title": "Depth profile: dashed = step 0, solid = latest step",
+                "stack": self._stack_span(layers),
+            },
         )
 
     # ------------------------------------------------------------------ text and HParams

@@ -1,0 +1,274 @@
+"""The depth pictures drawn in a helper process, off the training path.
+
+A heat map or a depth profile takes matplotlib 0.1-0.5 s to draw. In the training process that
+time stalls the step that draws (and, at fit end, the fit), and a thread would not help: drawing
+holds the GIL, so every kernel the training loop returns from would wait for it. A
+:class:`Painter` hands each drawing to one helper process (``python -m
+ln_diagnostics.tensorboard.painter``, started with the painter and kept for the run), which renders
+it with the same functions (:mod:`ln_diagnostics.tensorboard.heatmap`) and sends back the
+encoded ``Summary``. The training process writes it into its own event file when it is back: at
+a later logging step, or at :meth:`Painter.close`, which waits for every drawing still out.
+
+Nothing is lost or silent: if the helper cannot start or stops, the painter says so once and draws
+in the training process from then on, the drawings that were out included; a drawing that fails
+warns with its error; :meth:`Painter.close` names the steps it gave up on after
+:data:`WAIT_S` seconds.
+
+Example:
+    >>> from ln_diagnostics.tensorboard.heatmap import BACKPROP_SCALE
+    >>> written = []
+    >>> painter = Painter(lambda summary, step: written.append((summary.value[0].tag, step)))
+    >>> painter.submit(7, [Picture("heatmaps/x", "heatmap", {
+    ...     "values": [[0.0]], "row_labels": ["a"], "steps": [7], "scale": BACKPROP_SCALE})])
+    >>> painter.close()
+    >>> written
+    [('heatmaps/x', 7)]
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+from ln_diagnostics.tensorboard.heatmap import Scale, render_heatmap, render_profiles
+from ln_diagnostics.tensorboard.writer import image_summary
+
+__all__ = ["WAIT_S", "Painter", "Picture", "render"]
+
+#: Longest :meth:`Painter.close` waits for the drawings still out.
+WAIT_S = 60.0
+
+_RENDERERS: dict[str, Callable[..., Any]] = {
+    "heatmap": render_heatmap,
+    "profiles": render_profiles,
+}
+
+
+class Picture(NamedTuple):
+    """One image to draw: ``render_<kind>(**args)`` written under ``tag``."""
+
+    tag: str
+    kind: str
+    args: dict[str, Any]
+
+
+def render(picture: Picture) -> Summary:
+    """Draw ``picture`` and encode it as an image ``Summary``."""
+    return image_summary(picture.tag, _RENDERERS[picture.kind](**picture.args))
+
+
+class _Job(NamedTuple):
+    step: int
+    pictures: Sequence[Picture]
+
+
+class Painter:
+    """Draws :class:`Picture` lists in a helper process and writes them as they come back.
+
+    Args:
+        write: ``write(summary, step)`` appends an image to the run's event file; called in the
+            training process, from :meth:`submit`, :meth:`poll` and :meth:`close` only.
+        warn: how to warn (once per message is the caller's business).
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Summary, int], None],
+        warn: Callable[[str], None] = warnings.warn,
+    ) -> None:
+        self._write, self._warn = write, warn
+        self._process: subprocess.Popen[bytes] | None = None
+        self._done: queue.SimpleQueue[tuple[int, list[bytes], str | None] | None] = (
+            queue.SimpleQueue()
+        )
+        self._pending: dict[int, _Job] = {}
+        self._next_id = 0
+        self._in_process = False
+
+    # ------------------------------------------------------------------ the helper
+    def start(self) -> None:
+        """Start the helper now (it imports matplotlib while training goes on); idempotent."""
+        if self._process is not None or self._in_process:
+            return
+        package_root = str(Path(__file__).resolve().parents[2])
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", __name__],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # Ctrl+C stops the training, not the drawing
+            )
+        except (OSError, ValueError) as exc:
+            self._give_up(f"could not start ({type(exc).__name__}: {exc})")
+            return
+        stdout = self._process.stdout
+        assert stdout is not None  # stdout=PIPE
+        self._done = queue.SimpleQueue()  # this helper's results only
+        threading.Thread(
+            target=_read_results,
+            args=(stdout, self._done),
+            name="ln-diagnostics-painter",
+            daemon=True,
+        ).start()
+
+    def _give_up(self, why: str) -> None:
+        """Draw in this process from now on, the drawings that were out first."""
+        self._warn(
+            f"ln-diagnostics: the helper process that draws the heat maps and the depth profile "
+            f"{why}; they are drawn in the training process from now on, which stalls the "
+            "logging step that draws them for a few hundred milliseconds."
+        )
+        self._in_process = True
+        self._stop()
+        pending, self._pending = self._pending, {}
+        for job in pending.values():
+            self._draw_here(job)
+
+    def _stop(self, *, kill: bool = False) -> None:
+        """End the helper: at the end of its input (the job it draws done), else killed."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if not kill:
+            with suppress(OSError, subprocess.TimeoutExpired):
+                if process.stdin is not None:
+                    process.stdin.close()
+                process.wait(timeout=5)
+                return
+        process.kill()
+        process.wait()
+        if process.stdin is not None:
+            with suppress(OSError):
+                process.stdin.close()
+
+    # ------------------------------------------------------------------ drawings
+    def submit(self, step: int, pictures: Sequence[Picture]) -> None:
+        """Draw ``pictures`` for ``step``; they are written once drawn (see :meth:`poll`)."""
+        self.poll()
+        job = _Job(step, list(pictures))
+        if not job.pictures:
+            return
+        self.start()
+        if self._in_process:
+            self._draw_here(job)
+            return
+        job_id, self._next_id = self._next_id, self._next_id + 1
+        self._pending[job_id] = job
+        try:
+            assert self._process is not None and self._process.stdin is not None
+            pickle.dump((job_id, job.pictures), self._process.stdin)
+            self._process.stdin.flush()
+        except OSError as exc:
+            self._give_up(f"stopped ({type(exc).__name__}: {exc})")
+
+    def poll(self) -> None:
+        """Write the drawings that are back, without waiting."""
+        while self._pending:
+            try:
+                result = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._receive(result)
+
+    def close(self, timeout: float = WAIT_S) -> None:
+        """Wait for the drawings still out (at most ``timeout`` s), write them, stop the helper."""
+        deadline = time.monotonic() + timeout
+        while self._pending:
+            try:
+                result = self._done.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                steps = sorted({job.step for job in self._pending.values()})
+                self._warn(
+                    f"ln-diagnostics: the heat maps and depth profile of step(s) {steps} were "
+                    f"not drawn within {timeout:g} s and are missing from TensorBoard."
+                )
+                self._pending = {}
+                self._stop(kill=True)
+                return
+            self._receive(result)
+        self._stop()
+
+    def _receive(self, result: tuple[int, list[bytes], str | None] | None) -> None:
+        if result is None:  # the helper's output ended
+            code = None if self._process is None else self._process.poll()
+            self._give_up(f"stopped (exit code {code})")
+            return
+        job_id, encoded, error = result
+        job = self._pending.pop(job_id, None)
+        if job is None:
+            return
+        if error is not None:
+            self._warn(f"ln-diagnostics: drawing the pictures of step {job.step} failed:\n{error}")
+        for data in encoded:
+            self._write(Summary.FromString(data), job.step)
+
+    def _draw_here(self, job: _Job) -> None:
+        try:
+            summaries = [render(picture) for picture in job.pictures]
+        except Exception:
+            self._warn(
+                f"ln-diagnostics: drawing the pictures of step {job.step} failed:\n"
+                + traceback.format_exc()
+            )
+            return
+        for summary in summaries:
+            self._write(summary, job.step)
+
+
+def _read_results(stdout: BinaryIO, done: queue.SimpleQueue[Any]) -> None:
+    """The painter's reader thread: the helper's results, then ``None`` when its output ends."""
+    with stdout:
+        try:
+            while True:
+                done.put(pickle.load(stdout))
+        except (EOFError, OSError, pickle.UnpicklingError):
+            done.put(None)
+
+
+def _warm_up() -> None:
+    """Draw a throw-away picture: matplotlib's import and font cache are paid before the first
+    job, while the run trains, not while a job is waited for."""
+    scale = Scale(0.0, 1.0, False, "viridis", "")
+    render(
+        Picture(
+            "", "heatmap", {"values": [[0.0]], "row_labels": [""], "steps": [0], "scale": scale}
+        )
+    )
+
+
+def main() -> None:
+    """The helper: draw each job read from standard input, write its result to standard out."""
+    jobs, results = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must not corrupt the results
+    _warm_up()
+    while True:
+        try:
+            job_id, pictures = pickle.load(jobs)
+        except EOFError:
+            return
+        try:
+            encoded, error = [render(p).SerializeToString() for p in pictures], None
+        except Exception:
+            encoded, error = [], traceback.format_exc()
+        pickle.dump((job_id, encoded, error), results)
+        results.flush()
+
+
+if __name__ == "__main__":
+    main()

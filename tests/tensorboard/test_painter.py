@@ -1,0 +1,184 @@
+"""The pictures are drawn in a helper process: the same pixels as drawn here, written into the
+run's own event file, and nothing lost or silent when the helper cannot start, dies, fails a
+drawing or is too slow."""
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_lightning import LightningModule
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from ln_diagnostics.callbacks import LayerDiagnostics
+from ln_diagnostics.tags import heatmap_tag
+from ln_diagnostics.tensorboard import painter as painter_module
+from ln_diagnostics.tensorboard.heatmap import BACKPROP_SCALE, ProfilePanel
+from ln_diagnostics.tensorboard.painter import Painter, Picture, render
+
+PICTURES = [
+    Picture(
+        "heatmaps/a",
+        "heatmap",
+        {
+            "values": np.array([[-4.0, -1.0], [0.0, np.nan]]),
+            "row_labels": ["net.1 Tanh", "net.3 Tanh"],
+            "steps": [0, 10],
+            "scale": BACKPROP_SCALE,
+            "title": "backprop",
+            "stack": None,
+        },
+    ),
+    Picture(
+        "heatmaps/b",
+        "profiles",
+        {
+            "panels": [ProfilePanel("log10 x", [("step 0", [-2.0, -1.0, 0.0])], (-3.0, 1.0))],
+            "layer_labels": ["a", "b", "c"],
+        },
+    ),
+]
+
+
+def pixels(summary):
+    return np.asarray(Image.open(io.BytesIO(summary.value[0].image.encoded_image_string)))
+
+
+class Recorder:
+    def __init__(self):
+        self.written, self.warnings = [], []
+
+    def write(self, summary, step):
+        self.written.append((step, summary))
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+
+def test_the_helper_draws_the_same_pixels_as_this_process():
+    seen = Recorder()
+    painter = Painter(seen.write, seen.warn)
+    painter.start()
+    helper = painter._process
+    painter.submit(10, PICTURES)
+    painter.submit(20, PICTURES[:1])
+    painter.close()
+    assert seen.warnings == []
+    assert helper is not None and helper.poll() == 0  # it ran, and ended with its input
+    assert [(step, s.value[0].tag) for step, s in seen.written] == [
+        (10, "heatmaps/a"),
+        (10, "heatmaps/b"),
+        (20, "heatmaps/a"),
+    ]
+    for (_, drawn), picture in zip(seen.written, [*PICTURES, PICTURES[0]], strict=True):
+        np.testing.assert_array_equal(pixels(drawn), pixels(render(picture)))
+
+
+def test_a_helper_that_cannot_start_warns_once_and_the_pictures_are_drawn_here(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("no processes here")
+
+    monkeypatch.setattr(painter_module.subprocess, "Popen", refuse)
+    seen = Recorder()
+    painter = Painter(seen.write, seen.warn)
+    painter.submit(1, PICTURES)
+    painter.submit(2, PICTURES)
+    painter.close()
+    assert [step for step, _ in seen.written] == [1, 1, 2, 2]
+    assert len(seen.warnings) == 1
+    assert "could not start (OSError: no processes here)" in seen.warnings[0]
+    assert "drawn in the training process" in seen.warnings[0]
+
+
+def test_a_helper_that_dies_hands_back_its_drawings_to_this_process():
+    seen = Recorder()
+    painter = Painter(seen.write, seen.warn)
+    painter.start()
+    painter._process.kill()
+    painter._process.wait()
+    painter.submit(5, PICTURES)  # written to a dead helper, or refused by its pipe
+    painter.submit(6, PICTURES[:1])
+    painter.close()
+    assert sorted(step for step, _ in seen.written) == [5, 5, 6]
+    assert len(seen.warnings) == 1 and "stopped" in seen.warnings[0]
+
+
+def test_a_drawing_that_fails_warns_with_its_error_and_the_next_ones_are_drawn():
+    seen = Recorder()
+    painter = Painter(seen.write, seen.warn)
+    broken = Picture("heatmaps/x", "heatmap", {**PICTURES[0].args, "values": np.zeros((0, 0))})
+    painter.submit(3, [broken])
+    painter.submit(4, PICTURES[:1])
+    painter.close()
+    assert [step for step, _ in seen.written] == [4]
+    assert len(seen.warnings) == 1
+    assert "drawing the pictures of step 3 failed" in seen.warnings[0]
+    assert "ValueError: values must be a non-empty 2-d matrix" in seen.warnings[0]
+
+
+def test_close_names_the_steps_it_gave_up_on_and_stops_the_helper():
+    seen = Recorder()
+    painter = Painter(seen.write, seen.warn)
+    painter.start()  # (the helper's start-up alone outlasts a zero timeout)
+    helper = painter._process
+    painter.submit(8, PICTURES)
+    painter.close(timeout=0.0)
+    assert seen.written == []
+    assert seen.warnings == [
+        "ln-diagnostics: the heat maps and depth profile of step(s) [8] were not drawn within 0 s "
+        "and are missing from TensorBoard."
+    ]
+    assert helper.poll() is not None  # killed, not left drawing
+
+
+class Deep(LightningModule):
+    """No ``forward``, a dict batch: the shape most users train."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(8, 8), nn.Tanh())])
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch["x"]).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        data = [{"x": torch.randn(16, 8)} for _ in range(12)]
+        return torch.utils.data.DataLoader(data, batch_size=None)
+
+
+def test_a_fit_draws_its_last_logging_step_while_the_last_steps_train(make_trainer, monkeypatch):
+    """With defaults, step 100 is the last logging step of a 120-step fit: its pictures are
+    handed over there and written once; fit end has nothing left to draw."""
+    submitted = []
+    submit = Painter.submit
+
+    def spy(self, step, pictures):
+        submitted.append(step)
+        submit(self, step, pictures)
+
+    monkeypatch.setattr(Painter, "submit", spy)
+    torch.manual_seed(0)
+    trainer = make_trainer([LayerDiagnostics()], max_steps=120)
+    trainer.fit(Deep())
+    assert submitted == [100]
+    acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0})
+    acc.Reload()
+    for name in ("backprop_log10_norm", "activation_std", "depth_profile"):
+        images = acc.Images(heatmap_tag(name))
+        assert [e.step for e in images] == [100]
+        assert images[0].width == 360 and images[0].height > 150
+
+
+def test_a_painter_closed_and_used_again_starts_a_new_helper():
+    seen = Recorder()
+    painter = Painter(seen.write, seen.warn)
+    painter.submit(1, PICTURES[:1])
+    painter.close()
+    painter.submit(2, PICTURES[:1])
+    painter.close()
+    assert [step for step, _ in seen.written] == [1, 2]
+    assert seen.warnings == []
