@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -121,12 +122,13 @@ def _sum_of_squares(tensors: list[Tensor], device: torch.device) -> Tensor:
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
     for t in tensors:
         groups[(t.device, t.dtype)].append(t)
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    totals = []
     for (_, dtype), group in groups.items():
         accumulate = torch.float64 if dtype == torch.float64 else torch.float32
         norms = torch.stack(torch._foreach_norm(group, 2.0, dtype=accumulate))
-        total += norms.to(device=device, dtype=torch.float64).square().sum()
-    return total
+        norms = norms.to(device=device, dtype=torch.float64)
+        totals.append(torch.dot(norms, norms))
+    return totals[0] if len(totals) == 1 else torch.stack(totals).sum()
 
 
 def _compile_count() -> int:
@@ -192,6 +194,10 @@ class Collector:
             [slots[id(p)] for p in params if id(p) in slots] for _, params in owners
         ]
         self._param_ids: list[int] = []
+        # per optimizer: (the parameters' identity, its indices), see _indices_of
+        self._optimizer_indices: weakref.WeakKeyDictionary[Any, tuple[Any, list[int]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._group_mapping: dict[str, str] | None = None
         self._bind_parameters()
         self._hooks = [partial(self._forward_hook, i) for i in range(len(self.modules))]
@@ -387,18 +393,27 @@ class Collector:
 
     def _fresh(self, optimizer: Any | None) -> list[int]:
         """Indices of the parameters with a gradient not read yet this step (``optimizer``'s)."""
-        owned = (
-            None
-            if optimizer is None
-            else {id(p) for group in optimizer.param_groups for p in group["params"]}
-        )
+        params, read = self._params, self._read
         fresh = [
-            j
-            for j, p in enumerate(self._params)
-            if p.grad is not None and j not in self._read and (owned is None or id(p) in owned)
+            j for j in self._indices_of(optimizer) if params[j].grad is not None and j not in read
         ]
-        self._read.update(fresh)
+        read.update(fresh)
         return fresh
+
+    def _indices_of(self, optimizer: Any | None) -> Sequence[int]:
+        """Indices of ``optimizer``'s parameters among the bound ones (all without one), kept
+        while its parameter groups and the bound parameters stay the same: a step that does not
+        log reads them without a pass over the groups' parameters."""
+        if optimizer is None:
+            return range(len(self._params))
+        groups = [g["params"] for g in optimizer.param_groups]
+        key = (id(self._param_ids), [(len(g), id(g[0]), id(g[-1])) for g in groups if g])
+        cached = self._optimizer_indices.get(optimizer)
+        if cached is None or cached[0] != key:
+            owned = {id(p) for group in groups for p in group}
+            indices = [j for j, pid in enumerate(self._param_ids) if pid in owned]
+            cached = self._optimizer_indices[optimizer] = (key, indices)
+        return cached[1]
 
     def _watch_gradients(self, optimizer: Any | None) -> None:
         """A step that does not log: the window's share of the gradients only."""
