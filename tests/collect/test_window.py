@@ -109,6 +109,29 @@ def test_each_gradient_counts_once_with_several_optimizers_and_calls():
     assert report.scalars["health/grad_norm_total"] == pytest.approx(norms[3], rel=1e-5)
 
 
+def test_a_parameter_group_added_between_logging_steps_counts_from_the_next_step():
+    """The sentinel keeps each optimizer's parameter indices between steps: a group added to
+    the optimizer (as unfreezing a backbone does) must count from the next step on."""
+    model = mlp()
+    opt = torch.optim.SGD(model[:2].parameters(), lr=1e-7)
+    collector = Collector(model, select_modules(model))
+    counted, first_only = [], []
+    for step in range(5):
+        if step == 2:
+            opt.add_param_group({"params": list(model[2:].parameters())})
+        collector.begin_step(step, scalars=step in (0, 4), histograms=False)
+        loss = model(torch.randn(16, 8)).pow(2).mean()
+        (loss * (1e3 if step == 3 else 1.0)).backward()
+        counted.append(total_norm([p for g in opt.param_groups for p in g["params"]]))
+        first_only.append(total_norm(model[:2].parameters()))
+        collector.before_optimizer_step(opt)
+        model.zero_grad()
+        report = collector.end_step()
+    # step 3's loss is 1e3x: its norm is the maximum only if the added group counted
+    assert report.scalars[MAX] == pytest.approx(max(counted[1:]), rel=1e-5)
+    assert max(counted[1:]) > 1.1 * max(first_only[1:])
+
+
 def test_a_failure_between_logging_steps_warns_once_and_leaves_that_window_out(monkeypatch):
     original = collector_module._sum_of_squares
     calls = []
