@@ -9,6 +9,10 @@ it with the same functions (:mod:`ln_diagnostics.tensorboard.heatmap`) and sends
 encoded ``Summary``. The training process writes it into its own event file when it is back: at
 a later logging step, or at :meth:`Painter.close`, which waits for every drawing still out.
 
+The helper says when it is ready (matplotlib imported and warmed up, ~1 s after the start): a
+drawing asked for before that, as in a fit of a few seconds, is drawn in the training process
+at once, since waiting for the helper would take longer.
+
 Nothing is lost or silent: if the helper cannot start or stops, the painter says so once and draws
 in the training process from then on, the drawings that were out included; a drawing that fails
 warns with its error; :meth:`Painter.close` names the steps it gave up on after
@@ -18,6 +22,9 @@ Example:
     >>> from ln_diagnostics.tensorboard.heatmap import BACKPROP_SCALE
     >>> written = []
     >>> painter = Painter(lambda summary, step: written.append((summary.value[0].tag, step)))
+    >>> painter.start()
+    >>> painter.wait_until_ready()
+    True
     >>> painter.submit(7, [Picture("heatmaps/x", "heatmap", {
     ...     "values": [[0.0]], "row_labels": ["a"], "steps": [7], "scale": BACKPROP_SCALE})])
     >>> painter.close()
@@ -50,6 +57,8 @@ __all__ = ["WAIT_S", "Painter", "Picture", "render"]
 
 #: Longest :meth:`Painter.close` waits for the drawings still out.
 WAIT_S = 60.0
+#: The job id of the helper's message that it is ready.
+_READY = -1
 
 _RENDERERS: dict[str, Callable[..., Any]] = {
     "heatmap": render_heatmap,
@@ -97,6 +106,7 @@ class Painter:
         self._pending: dict[int, _Job] = {}
         self._next_id = 0
         self._in_process = False
+        self._ready = False
 
     # ------------------------------------------------------------------ the helper
     def start(self) -> None:
@@ -120,6 +130,7 @@ class Painter:
         stdout = self._process.stdout
         assert stdout is not None  # stdout=PIPE
         self._done = queue.SimpleQueue()  # this helper's results only
+        self._ready = False
         threading.Thread(
             target=_read_results,
             args=(stdout, self._done),
@@ -140,22 +151,27 @@ class Painter:
         for job in pending.values():
             self._draw_here(job)
 
-    def _stop(self, *, kill: bool = False) -> None:
-        """End the helper: at the end of its input (the job it draws done), else killed."""
+    def _stop(self) -> None:
+        """End the helper (it holds nothing to save: what it drew has been received)."""
         process, self._process = self._process, None
         if process is None:
             return
-        if not kill:
-            with suppress(OSError, subprocess.TimeoutExpired):
-                if process.stdin is not None:
-                    process.stdin.close()
-                process.wait(timeout=5)
-                return
         process.kill()
         process.wait()
         if process.stdin is not None:
             with suppress(OSError):
                 process.stdin.close()
+
+    def wait_until_ready(self, timeout: float = WAIT_S) -> bool:
+        """Wait (at most ``timeout`` s) until the helper is ready; whether it is."""
+        deadline = time.monotonic() + timeout
+        while not self._ready and self._process is not None:
+            try:
+                result = self._done.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self._receive(result)
+        return self._ready
 
     # ------------------------------------------------------------------ drawings
     def submit(self, step: int, pictures: Sequence[Picture]) -> None:
@@ -165,7 +181,7 @@ class Painter:
         if not job.pictures:
             return
         self.start()
-        if self._in_process:
+        if self._in_process or not self._ready:  # no helper, or one still starting up
             self._draw_here(job)
             return
         job_id, self._next_id = self._next_id, self._next_id + 1
@@ -179,7 +195,7 @@ class Painter:
 
     def poll(self) -> None:
         """Write the drawings that are back, without waiting."""
-        while self._pending:
+        while self._process is not None:
             try:
                 result = self._done.get_nowait()
             except queue.Empty:
@@ -199,17 +215,19 @@ class Painter:
                     f"not drawn within {timeout:g} s and are missing from TensorBoard."
                 )
                 self._pending = {}
-                self._stop(kill=True)
-                return
+                break
             self._receive(result)
         self._stop()
 
     def _receive(self, result: tuple[int, list[bytes], str | None] | None) -> None:
         if result is None:  # the helper's output ended
-            code = None if self._process is None else self._process.poll()
-            self._give_up(f"stopped (exit code {code})")
+            if self._process is not None:  # not by our hand
+                self._give_up(f"stopped (exit code {self._process.wait()})")
             return
         job_id, encoded, error = result
+        if job_id == _READY:
+            self._ready = True
+            return
         job = self._pending.pop(job_id, None)
         if job is None:
             return
@@ -257,6 +275,8 @@ def main() -> None:
     jobs, results = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the results
     _warm_up()
+    pickle.dump((_READY, [], None), results)
+    results.flush()
     while True:
         try:
             job_id, pictures = pickle.load(jobs)

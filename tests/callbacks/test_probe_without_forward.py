@@ -326,9 +326,7 @@ class WritesToTheExperiment(NoForward):
         return super().training_step(batch, batch_idx)
 
 
-def test_a_training_step_that_writes_to_the_logger_itself_is_not_probed_twice(
-    make_trainer, events
-):
+def test_a_training_step_that_writes_to_the_logger_itself_is_not_probed_twice(make_trainer, events):
     trainer, _, ours = fit(make_trainer, [LayerDiagnostics()], WritesToTheExperiment)
     points = [(e.step, e.value) for e in events(trainer.logger.log_dir).Scalars("mine")]
     assert points == [(s, float(s)) for s in range(STEPS)]  # one point a step, none from a probe

@@ -5,6 +5,7 @@ drawing or is too slow."""
 import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from pytorch_lightning import LightningModule
@@ -56,16 +57,22 @@ class Recorder:
         self.warnings.append(message)
 
 
-def test_the_helper_draws_the_same_pixels_as_this_process():
-    seen = Recorder()
+def ready_painter(seen):
     painter = Painter(seen.write, seen.warn)
     painter.start()
-    helper = painter._process
+    assert painter.wait_until_ready()
+    return painter
+
+
+def test_the_helper_draws_the_same_pixels_as_this_process(monkeypatch):
+    seen = Recorder()
+    painter = ready_painter(seen)
+    monkeypatch.setattr(painter_module, "render", None)  # nothing drawn in this process
     painter.submit(10, PICTURES)
     painter.submit(20, PICTURES[:1])
     painter.close()
+    monkeypatch.undo()
     assert seen.warnings == []
-    assert helper is not None and helper.poll() == 0  # it ran, and ended with its input
     assert [(step, s.value[0].tag) for step, s in seen.written] == [
         (10, "heatmaps/a"),
         (10, "heatmaps/b"),
@@ -93,8 +100,7 @@ def test_a_helper_that_cannot_start_warns_once_and_the_pictures_are_drawn_here(m
 
 def test_a_helper_that_dies_hands_back_its_drawings_to_this_process():
     seen = Recorder()
-    painter = Painter(seen.write, seen.warn)
-    painter.start()
+    painter = ready_painter(seen)
     painter._process.kill()
     painter._process.wait()
     painter.submit(5, PICTURES)  # written to a dead helper, or refused by its pipe
@@ -104,9 +110,10 @@ def test_a_helper_that_dies_hands_back_its_drawings_to_this_process():
     assert len(seen.warnings) == 1 and "stopped" in seen.warnings[0]
 
 
-def test_a_drawing_that_fails_warns_with_its_error_and_the_next_ones_are_drawn():
+@pytest.mark.parametrize("helper", [True, False], ids=["in the helper", "in this process"])
+def test_a_drawing_that_fails_warns_with_its_error_and_the_next_ones_are_drawn(helper):
     seen = Recorder()
-    painter = Painter(seen.write, seen.warn)
+    painter = ready_painter(seen) if helper else Painter(seen.write, seen.warn)
     broken = Picture("heatmaps/x", "heatmap", {**PICTURES[0].args, "values": np.zeros((0, 0))})
     painter.submit(3, [broken])
     painter.submit(4, PICTURES[:1])
@@ -119,8 +126,7 @@ def test_a_drawing_that_fails_warns_with_its_error_and_the_next_ones_are_drawn()
 
 def test_close_names_the_steps_it_gave_up_on_and_stops_the_helper():
     seen = Recorder()
-    painter = Painter(seen.write, seen.warn)
-    painter.start()  # (the helper's start-up alone outlasts a zero timeout)
+    painter = ready_painter(seen)
     helper = painter._process
     painter.submit(8, PICTURES)
     painter.close(timeout=0.0)
@@ -175,10 +181,24 @@ def test_a_fit_draws_its_last_logging_step_while_the_last_steps_train(make_train
 
 def test_a_painter_closed_and_used_again_starts_a_new_helper():
     seen = Recorder()
-    painter = Painter(seen.write, seen.warn)
+    painter = ready_painter(seen)
+    first = painter._process
     painter.submit(1, PICTURES[:1])
     painter.close()
+    assert first.poll() is not None
+    painter.start()
+    assert painter.wait_until_ready() and painter._process is not first
     painter.submit(2, PICTURES[:1])
     painter.close()
     assert [step for step, _ in seen.written] == [1, 2]
+    assert seen.warnings == []
+
+
+def test_a_drawing_asked_for_before_the_helper_is_ready_is_drawn_here_at_once():
+    seen = Recorder()
+    painter = Painter(seen.write, seen.warn)
+    painter.start()
+    painter.submit(1, PICTURES[:1])  # the helper needs ~1 s to import matplotlib
+    assert [step for step, _ in seen.written] == [1]  # written before close
+    painter.close()
     assert seen.warnings == []
