@@ -249,12 +249,13 @@ class Painter:
             self._write(summary, job.step)
 
 
-def _read_results(stdout: BinaryIO, done: queue.SimpleQueue[Any]) -> None:
-    """The painter's reader thread: the helper's results, then ``None`` when its output ends."""
-    with stdout:
+def _read_results(stream: BinaryIO, done: queue.SimpleQueue[Any]) -> None:
+    """A reader thread: each message of ``stream`` into ``done``, then ``None`` at its end (the
+    painter reads the helper's results so, and the helper its jobs)."""
+    with stream:
         try:
             while True:
-                done.put(pickle.load(stdout))
+                done.put(pickle.load(stream))
         except (EOFError, OSError, pickle.UnpicklingError):
             done.put(None)
 
@@ -271,17 +272,20 @@ def _warm_up() -> None:
 
 
 def main() -> None:
-    """The helper: draw each job read from standard input, write its result to standard out."""
-    jobs, results = sys.stdin.buffer, sys.stdout.buffer
+    """The helper: draw each job read from standard input, write its result to standard out.
+
+    A thread reads the jobs as they come, so that the training process never blocks writing a
+    job larger than the pipe's buffer while a drawing is in progress here.
+    """
+    results = sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the results
+    jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    threading.Thread(target=_read_results, args=(sys.stdin.buffer, jobs), daemon=True).start()
     _warm_up()
     pickle.dump((_READY, [], None), results)
     results.flush()
-    while True:
-        try:
-            job_id, pictures = pickle.load(jobs)
-        except EOFError:
-            return
+    while (job := jobs.get()) is not None:
+        job_id, pictures = job
         try:
             encoded, error = [render(p).SerializeToString() for p in pictures], None
         except Exception:

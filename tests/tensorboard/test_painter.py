@@ -3,6 +3,7 @@ run's own event file, and nothing lost or silent when the helper cannot start, d
 drawing or is too slow."""
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -202,3 +203,30 @@ def test_a_drawing_asked_for_before_the_helper_is_ready_is_drawn_here_at_once():
     assert [step for step, _ in seen.written] == [1]  # written before close
     painter.close()
     assert seen.warnings == []
+
+
+def test_a_job_larger_than_the_pipe_does_not_block_while_the_helper_draws():
+    """The helper reads its jobs as they come: a second job of ~1 MB is handed over at once
+    while the first is drawn, instead of stalling the training step until the pipe drains."""
+    seen = Recorder()
+    painter = ready_painter(seen)
+    rows = 300
+    big = Picture(
+        "heatmaps/big",
+        "heatmap",
+        {
+            "values": np.random.default_rng(0).normal(size=(rows, 400)),
+            "row_labels": [f"layer.{k}" for k in range(rows)],
+            "steps": list(range(400)),
+            "scale": BACKPROP_SCALE,
+        },
+    )
+    painter.submit(1, [big])
+    started = time.perf_counter()
+    painter.submit(2, [big])
+    handed_over = time.perf_counter() - started
+    painter.close()
+    assert [step for step, _ in seen.written] == [1, 2]
+    drawn = pixels(seen.written[0][1])
+    assert drawn.shape[1] == 360
+    assert handed_over < 0.1, handed_over  # a drawing of it takes several times longer
