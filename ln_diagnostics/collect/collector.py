@@ -30,9 +30,9 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import sys
 import warnings
-import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -108,6 +108,10 @@ def _norms(tensors: list[Tensor]) -> list[Tensor]:
         for i, norm in zip(indices, norms, strict=True):
             out[i] = norm
     return out
+
+
+#: Optimizers whose parameter indices are kept (more are rare: the cache starts over).
+_KEPT_OPTIMIZERS = 8
 
 
 def _sum_of_squares(tensors: list[Tensor], device: torch.device) -> Tensor:
@@ -194,10 +198,9 @@ class Collector:
             [slots[id(p)] for p in params if id(p) in slots] for _, params in owners
         ]
         self._param_ids: list[int] = []
-        # per optimizer: (the parameters' identity, its indices), see _indices_of
-        self._optimizer_indices: weakref.WeakKeyDictionary[Any, tuple[Any, list[int]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # the indices of each optimizer's parameters, see _indices_of
+        self._optimizer_indices: dict[tuple[int, tuple[tuple[int, ...], ...]], list[int]] = {}
+        self._binding = 0  # bumped each time the parameters are bound anew
         self._group_mapping: dict[str, str] | None = None
         self._bind_parameters()
         self._hooks = [partial(self._forward_hook, i) for i in range(len(self.modules))]
@@ -288,6 +291,7 @@ class Collector:
         if ids == self._param_ids:
             return
         self._params, self._param_ids = params, ids
+        self._binding += 1
         dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor exists
         self._sharded = dtensor is not None and any(isinstance(p, dtensor.DTensor) for p in params)
         position = {pid: j for j, pid in enumerate(ids)}
@@ -402,18 +406,21 @@ class Collector:
 
     def _indices_of(self, optimizer: Any | None) -> Sequence[int]:
         """Indices of ``optimizer``'s parameters among the bound ones (all without one), kept
-        while its parameter groups and the bound parameters stay the same: a step that does not
-        log reads them without a pass over the groups' parameters."""
+        for the same bound parameters and the same parameters in the optimizer's groups: a step
+        that does not log finds them without building a set of them. (Parameter ids identify
+        them here: the collector holds the bound ones, so no id of theirs is reused.)"""
         if optimizer is None:
             return range(len(self._params))
-        groups = [g["params"] for g in optimizer.param_groups]
-        key = (id(self._param_ids), [(len(g), id(g[0]), id(g[-1])) for g in groups if g])
-        cached = self._optimizer_indices.get(optimizer)
-        if cached is None or cached[0] != key:
-            owned = {id(p) for group in groups for p in group}
+        groups = tuple(tuple(map(id, group["params"])) for group in optimizer.param_groups)
+        key = (self._binding, groups)
+        indices = self._optimizer_indices.get(key)
+        if indices is None:
+            owned = set(itertools.chain.from_iterable(groups))
             indices = [j for j, pid in enumerate(self._param_ids) if pid in owned]
-            cached = self._optimizer_indices[optimizer] = (key, indices)
-        return cached[1]
+            if len(self._optimizer_indices) >= _KEPT_OPTIMIZERS:
+                self._optimizer_indices.clear()
+            self._optimizer_indices[key] = indices
+        return indices
 
     def _watch_gradients(self, optimizer: Any | None) -> None:
         """A step that does not log: the window's share of the gradients only."""

@@ -257,9 +257,9 @@ class Engine:
         """Whether no step after ``step`` logs before the run's planned end (``False`` when the
         host does not know the end): its pictures are drawn now, while the last steps train."""
         planned = None if self._host is None else self._host.planned_steps()
-        if planned is None or self.schedule is None:
+        if planned is None or self.schedule is None or not self.schedule.logs(step):
             return False
-        return step + self.schedule.scalars >= planned
+        return planned - self.schedule.scalars <= step < planned
 
     # ------------------------------------------------------------------ listeners
     def add_listener(self, listener: Listener) -> None:

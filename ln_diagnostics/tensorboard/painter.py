@@ -9,9 +9,10 @@ it with the same functions (:mod:`ln_diagnostics.tensorboard.heatmap`) and sends
 encoded ``Summary``. The training process writes it into its own event file when it is back: at
 a later logging step, or at :meth:`Painter.close`, which waits for every drawing still out.
 
-The helper says when it is ready (matplotlib imported and warmed up, ~1 s after the start): a
-drawing asked for before that, as in a fit of a few seconds, is drawn in the training process
-at once, since waiting for the helper would take longer.
+The helper says when it is ready (matplotlib imported and warmed up, ~1 s after
+:meth:`Painter.start`): a drawing asked for before that, as in a fit of a few seconds, or by a
+painter never started, is drawn in the training process at once, since waiting for the helper
+would take longer.
 
 Nothing is lost or silent: if the helper cannot start or stops, the painter says so once and draws
 in the training process from then on, the drawings that were out included; a drawing that fails
@@ -89,7 +90,8 @@ class Painter:
 
     Args:
         write: ``write(summary, step)`` appends an image to the run's event file; called in the
-            training process, from :meth:`submit`, :meth:`poll` and :meth:`close` only.
+            training process, from :meth:`submit`, :meth:`poll`, :meth:`wait_until_ready` and
+            :meth:`close` only.
         warn: how to warn (once per message is the caller's business).
     """
 
@@ -113,15 +115,15 @@ class Painter:
         """Start the helper now (it imports matplotlib while training goes on); idempotent."""
         if self._process is not None or self._in_process:
             return
-        package_root = str(Path(__file__).resolve().parents[2])
-        path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+        if getattr(sys, "frozen", False):  # its executable is the application, not Python
+            self._give_up("cannot start in a frozen application")
+            return
+        root = str(Path(__file__).resolve().parents[2])  # this copy of ln_diagnostics
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", __name__],
+                [sys.executable, "-c", _HELPER, root],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                env=env,
                 start_new_session=True,  # Ctrl+C stops the training, not the drawing
             )
         except (OSError, ValueError) as exc:
@@ -132,7 +134,7 @@ class Painter:
         self._done = queue.SimpleQueue()  # this helper's results only
         self._ready = False
         threading.Thread(
-            target=_read_results,
+            target=_read_messages,
             args=(stdout, self._done),
             name="ln-diagnostics-painter",
             daemon=True,
@@ -163,14 +165,14 @@ class Painter:
                 process.stdin.close()
 
     def wait_until_ready(self, timeout: float = WAIT_S) -> bool:
-        """Wait (at most ``timeout`` s) until the helper is ready; whether it is."""
+        """Wait (at most ``timeout`` s) until the started helper is ready; whether it is."""
         deadline = time.monotonic() + timeout
         while not self._ready and self._process is not None:
             try:
-                result = self._done.get(timeout=max(0.0, deadline - time.monotonic()))
+                message = self._done.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            self._receive(result)
+            self._receive(message)
         return self._ready
 
     # ------------------------------------------------------------------ drawings
@@ -180,51 +182,58 @@ class Painter:
         job = _Job(step, list(pictures))
         if not job.pictures:
             return
-        self.start()
-        if self._in_process or not self._ready:  # no helper, or one still starting up
+        if self._process is None or not self._ready:  # no helper, or one still starting up
             self._draw_here(job)
             return
         job_id, self._next_id = self._next_id, self._next_id + 1
         self._pending[job_id] = job
+        stdin = self._process.stdin
+        assert stdin is not None  # stdin=PIPE
         try:
-            assert self._process is not None and self._process.stdin is not None
-            pickle.dump((job_id, job.pictures), self._process.stdin)
-            self._process.stdin.flush()
+            pickle.dump((job_id, job.pictures), stdin)
+            stdin.flush()
         except OSError as exc:
             self._give_up(f"stopped ({type(exc).__name__}: {exc})")
+        except BaseException:  # e.g. Ctrl+C halfway through the job: the helper cannot go on
+            del self._pending[job_id]
+            self._stop()
+            raise
 
     def poll(self) -> None:
         """Write the drawings that are back, without waiting."""
         while self._process is not None:
             try:
-                result = self._done.get_nowait()
+                message = self._done.get_nowait()
             except queue.Empty:
                 return
-            self._receive(result)
+            self._receive(message)
 
     def close(self, timeout: float = WAIT_S) -> None:
         """Wait for the drawings still out (at most ``timeout`` s), write them, stop the helper."""
         deadline = time.monotonic() + timeout
-        while self._pending:
-            try:
-                result = self._done.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                steps = sorted({job.step for job in self._pending.values()})
-                self._warn(
-                    f"ln-diagnostics: the heat maps and depth profile of step(s) {steps} were "
-                    f"not drawn within {timeout:g} s and are missing from TensorBoard."
-                )
-                self._pending = {}
-                break
-            self._receive(result)
-        self._stop()
+        try:
+            while self._pending:
+                try:
+                    message = self._done.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    steps = sorted({job.step for job in self._pending.values()})
+                    self._warn(
+                        f"ln-diagnostics: the heat maps and depth profile of step(s) {steps} "
+                        f"were not drawn within {timeout:g} s and are missing from TensorBoard."
+                    )
+                    self._pending = {}
+                    break
+                self._receive(message)
+        finally:
+            self._stop()
 
-    def _receive(self, result: tuple[int, list[bytes], str | None] | None) -> None:
-        if result is None:  # the helper's output ended
+    def _receive(self, message: tuple[int, list[bytes], str | None] | None) -> None:
+        if message is None:  # the helper's output ended
             if self._process is not None:  # not by our hand
-                self._give_up(f"stopped (exit code {self._process.wait()})")
+                code = self._process.poll()
+                self._give_up("stopped" if code is None else f"stopped (exit code {code})")
             return
-        job_id, encoded, error = result
+        job_id, encoded, error = message
         if job_id == _READY:
             self._ready = True
             return
@@ -249,15 +258,13 @@ class Painter:
             self._write(summary, job.step)
 
 
-def _read_results(stream: BinaryIO, done: queue.SimpleQueue[Any]) -> None:
-    """A reader thread: each message of ``stream`` into ``done``, then ``None`` at its end (the
-    painter reads the helper's results so, and the helper its jobs)."""
-    with stream:
-        try:
-            while True:
-                done.put(pickle.load(stream))
-        except (EOFError, OSError, pickle.UnpicklingError):
-            done.put(None)
+def _read_messages(stream: BinaryIO, messages: queue.SimpleQueue[Any]) -> None:
+    """A reader thread: each message of ``stream`` into ``messages``, then ``None`` at its end or
+    at anything it cannot read (the painter reads the helper's results so, the helper its jobs)."""
+    with stream, suppress(Exception):
+        while True:
+            messages.put(pickle.load(stream))
+    messages.put(None)
 
 
 def _warm_up() -> None:
@@ -271,16 +278,26 @@ def _warm_up() -> None:
     )
 
 
+#: The helper's command line: this copy of the package first on the path if it is not there.
+_HELPER = (
+    "import sys; root = sys.argv[1]; root in sys.path or sys.path.insert(0, root); "
+    "from ln_diagnostics.tensorboard.painter import main; main()"
+)
+
+
 def main() -> None:
     """The helper: draw each job read from standard input, write its result to standard out.
 
-    A thread reads the jobs as they come, so that the training process never blocks writing a
-    job larger than the pipe's buffer while a drawing is in progress here.
+    The results go to a copy of file descriptor 1, which then points to standard error, so that
+    nothing else (a print, a library's C code) can write into them. A thread reads the jobs as
+    they come, so that the training process never blocks writing a job larger than the pipe's
+    buffer while a drawing is in progress here.
     """
-    results = sys.stdout.buffer
-    sys.stdout = sys.stderr  # a stray print must not corrupt the results
+    results = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    threading.Thread(target=_read_results, args=(sys.stdin.buffer, jobs), daemon=True).start()
+    threading.Thread(target=_read_messages, args=(sys.stdin.buffer, jobs), daemon=True).start()
     _warm_up()
     pickle.dump((_READY, [], None), results)
     results.flush()
@@ -292,7 +309,3 @@ def main() -> None:
             encoded, error = [], traceback.format_exc()
         pickle.dump((job_id, encoded, error), results)
         results.flush()
-
-
-if __name__ == "__main__":
-    main()

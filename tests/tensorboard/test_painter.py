@@ -3,13 +3,15 @@ run's own event file, and nothing lost or silent when the helper cannot start, d
 drawing or is too slow."""
 
 import io
+import pickle
+import queue
 import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pytorch_lightning import LightningModule
+from pytorch_lightning import Callback, LightningModule
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
@@ -90,6 +92,8 @@ def test_a_helper_that_cannot_start_warns_once_and_the_pictures_are_drawn_here(m
     monkeypatch.setattr(painter_module.subprocess, "Popen", refuse)
     seen = Recorder()
     painter = Painter(seen.write, seen.warn)
+    painter.start()
+    painter.start()
     painter.submit(1, PICTURES)
     painter.submit(2, PICTURES)
     painter.close()
@@ -157,27 +161,72 @@ class Deep(LightningModule):
         return torch.utils.data.DataLoader(data, batch_size=None)
 
 
-def test_a_fit_draws_its_last_logging_step_while_the_last_steps_train(make_trainer, monkeypatch):
-    """With defaults, step 100 is the last logging step of a 120-step fit: its pictures are
-    handed over there and written once; fit end has nothing left to draw."""
-    submitted = []
-    submit = Painter.submit
+class Submissions(Callback):
+    """Records ``(step, fit ended)`` for each drawing handed to a painter."""
 
-    def spy(self, step, pictures):
-        submitted.append(step)
+    def __init__(self):
+        self.seen, self.ended = [], False
+
+    def on_train_end(self, trainer, pl_module):
+        self.ended = True
+
+
+@pytest.fixture
+def submissions(monkeypatch):
+    spy, submit = Submissions(), Painter.submit
+
+    def record(self, step, pictures):
+        spy.seen.append((step, spy.ended))
         submit(self, step, pictures)
 
-    monkeypatch.setattr(Painter, "submit", spy)
+    monkeypatch.setattr(Painter, "submit", record)
+    return spy
+
+
+def test_a_fit_draws_its_last_logging_step_while_the_last_steps_train(make_trainer, submissions):
+    """With defaults, step 100 is the last logging step of a 120-step fit: its pictures are
+    handed over there, before fit end, and written once; fit end has nothing left to draw."""
     torch.manual_seed(0)
-    trainer = make_trainer([LayerDiagnostics()], max_steps=120)
+    trainer = make_trainer([submissions, LayerDiagnostics()], max_steps=120)
     trainer.fit(Deep())
-    assert submitted == [100]
+    assert submissions.ended and submissions.seen == [(100, False)]
     acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0})
     acc.Reload()
     for name in ("backprop_log10_norm", "activation_std", "depth_profile"):
         images = acc.Images(heatmap_tag(name))
         assert [e.step for e in images] == [100]
         assert images[0].width == 360 and images[0].height > 150
+
+
+def test_a_fit_whose_last_step_logs_draws_it_once(make_trainer, submissions):
+    trainer = make_trainer([submissions, LayerDiagnostics()], max_steps=101)
+    trainer.fit(Deep())
+    assert submissions.seen == [(100, False)]
+
+
+def test_the_end_of_the_helper_output_while_it_runs_stops_it_without_waiting():
+    """E.g. a message it could not read: the helper is killed, not waited for, and the painter
+    draws here from then on."""
+    seen = Recorder()
+    painter = ready_painter(seen)
+    helper = painter._process
+    painter._done.put(None)
+    started = time.perf_counter()
+    painter.poll()
+    assert time.perf_counter() - started < 5
+    assert helper.poll() is not None
+    assert len(seen.warnings) == 1 and "stopped;" in seen.warnings[0]
+    painter.submit(3, PICTURES[:1])
+    assert [step for step, _ in seen.written] == [3]
+
+
+def test_a_stream_that_cannot_be_read_ends_with_none():
+    stream = io.BytesIO(pickle.dumps((1, [], None)) + b"not a pickle")
+    messages = queue.SimpleQueue()
+    painter_module._read_messages(stream, messages)
+    assert messages.get_nowait() == (1, [], None)
+    assert messages.get_nowait() is None
+    assert stream.closed
 
 
 def test_a_painter_closed_and_used_again_starts_a_new_helper():
