@@ -59,6 +59,18 @@ class Recorder:
     def warn(self, message):
         self.warnings.append(message)
 
+    def one_warning(self):
+        assert len(self.warnings) == 1, self.warnings
+        return self.warnings[0]
+
+
+def steps_written(painter, seen, *jobs):
+    """Hand ``(step, pictures)`` jobs over, close, and return the steps written, in order."""
+    for step, pictures in jobs:
+        painter.submit(step, pictures)
+    painter.close()
+    return [step for step, _ in seen.written]
+
 
 def ready_painter(seen):
     painter = Painter(seen.write, seen.warn)
@@ -94,13 +106,10 @@ def test_a_helper_that_cannot_start_warns_once_and_the_pictures_are_drawn_here(m
     painter = Painter(seen.write, seen.warn)
     painter.start()
     painter.start()
-    painter.submit(1, PICTURES)
-    painter.submit(2, PICTURES)
-    painter.close()
-    assert [step for step, _ in seen.written] == [1, 1, 2, 2]
-    assert len(seen.warnings) == 1
-    assert "could not start (OSError: no processes here)" in seen.warnings[0]
-    assert "drawn in the training process" in seen.warnings[0]
+    assert steps_written(painter, seen, (1, PICTURES), (2, PICTURES)) == [1, 1, 2, 2]
+    warning = seen.one_warning()
+    assert "could not start (OSError: no processes here)" in warning
+    assert "drawn in the training process" in warning
 
 
 def test_a_helper_that_dies_hands_back_its_drawings_to_this_process():
@@ -108,11 +117,9 @@ def test_a_helper_that_dies_hands_back_its_drawings_to_this_process():
     painter = ready_painter(seen)
     painter._process.kill()
     painter._process.wait()
-    painter.submit(5, PICTURES)  # written to a dead helper, or refused by its pipe
-    painter.submit(6, PICTURES[:1])
-    painter.close()
-    assert sorted(step for step, _ in seen.written) == [5, 5, 6]
-    assert len(seen.warnings) == 1 and "stopped" in seen.warnings[0]
+    # written to a dead helper, or refused by its pipe
+    assert sorted(steps_written(painter, seen, (5, PICTURES), (6, PICTURES[:1]))) == [5, 5, 6]
+    assert "stopped" in seen.one_warning()
 
 
 @pytest.mark.parametrize("helper", [True, False], ids=["in the helper", "in this process"])
@@ -120,13 +127,10 @@ def test_a_drawing_that_fails_warns_with_its_error_and_the_next_ones_are_drawn(h
     seen = Recorder()
     painter = ready_painter(seen) if helper else Painter(seen.write, seen.warn)
     broken = Picture("heatmaps/x", "heatmap", {**PICTURES[0].args, "values": np.zeros((0, 0))})
-    painter.submit(3, [broken])
-    painter.submit(4, PICTURES[:1])
-    painter.close()
-    assert [step for step, _ in seen.written] == [4]
-    assert len(seen.warnings) == 1
-    assert "drawing the pictures of step 3 failed" in seen.warnings[0]
-    assert "ValueError: values must be a non-empty 2-d matrix" in seen.warnings[0]
+    assert steps_written(painter, seen, (3, [broken]), (4, PICTURES[:1])) == [4]
+    warning = seen.one_warning()
+    assert "drawing the pictures of step 3 failed" in warning
+    assert "ValueError: values must be a non-empty 2-d matrix" in warning
 
 
 def test_close_names_the_steps_it_gave_up_on_and_stops_the_helper():
@@ -215,7 +219,7 @@ def test_the_end_of_the_helper_output_while_it_runs_stops_it_without_waiting():
     painter.poll()
     assert time.perf_counter() - started < 5
     assert helper.poll() is not None
-    assert len(seen.warnings) == 1 and "stopped;" in seen.warnings[0]
+    assert "stopped;" in seen.one_warning()
     painter.submit(3, PICTURES[:1])
     assert [step for step, _ in seen.written] == [3]
 
