@@ -3,8 +3,8 @@
 A heat map or a depth profile takes matplotlib 0.1-0.5 s to draw. In the training process that
 time stalls the step that draws (and, at fit end, the fit), and a thread would not help: drawing
 holds the GIL, so every kernel the training loop returns from would wait for it. A
-:class:`Painter` hands each drawing to one helper process (``python -m
-ln_diagnostics.tensorboard.painter``, started with the painter and kept for the run), which renders
+:class:`Painter` hands each drawing to one helper process (the Python running training, with
+``-c`` calling :func:`main`; started by :meth:`Painter.start` and kept for the run), which renders
 it with the same functions (:mod:`ln_diagnostics.tensorboard.heatmap`) and sends back the
 encoded ``Summary``. The training process writes it into its own event file when it is back: at
 a later logging step, or at :meth:`Painter.close`, which waits for every drawing still out.
@@ -238,24 +238,26 @@ class Painter:
             self._ready = True
             return
         job = self._pending.pop(job_id, None)
-        if job is None:
-            return
-        if error is not None:
-            self._warn(f"ln-diagnostics: drawing the pictures of step {job.step} failed:\n{error}")
-        for data in encoded:
-            self._write(Summary.FromString(data), job.step)
+        if job is not None:
+            self._deliver(job.step, [Summary.FromString(data) for data in encoded], error)
 
     def _draw_here(self, job: _Job) -> None:
-        try:
-            summaries = [render(picture) for picture in job.pictures]
-        except Exception:
-            self._warn(
-                f"ln-diagnostics: drawing the pictures of step {job.step} failed:\n"
-                + traceback.format_exc()
-            )
-            return
+        self._deliver(job.step, *_render_all(job.pictures))
+
+    def _deliver(self, step: int, summaries: list[Summary], error: str | None) -> None:
+        """Write a job's drawings, or warn with the error that stopped them."""
+        if error is not None:
+            self._warn(f"ln-diagnostics: drawing the pictures of step {step} failed:\n{error}")
         for summary in summaries:
-            self._write(summary, job.step)
+            self._write(summary, step)
+
+
+def _render_all(pictures: Sequence[Picture]) -> tuple[list[Summary], str | None]:
+    """Draw ``pictures``: their summaries, or none and the traceback of the failure."""
+    try:
+        return [render(picture) for picture in pictures], None
+    except Exception:
+        return [], traceback.format_exc()
 
 
 def _read_messages(stream: BinaryIO, messages: queue.SimpleQueue[Any]) -> None:
@@ -303,9 +305,7 @@ def main() -> None:
     results.flush()
     while (job := jobs.get()) is not None:
         job_id, pictures = job
-        try:
-            encoded, error = [render(p).SerializeToString() for p in pictures], None
-        except Exception:
-            encoded, error = [], traceback.format_exc()
+        summaries, error = _render_all(pictures)
+        encoded = [summary.SerializeToString() for summary in summaries]
         pickle.dump((job_id, encoded, error), results)
         results.flush()
