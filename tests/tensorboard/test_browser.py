@@ -118,10 +118,13 @@ def test_images_show_the_backprop_pictures_of_both_runs(chromium, tensorboard_ur
     def pictures(page):
         return [i for i in page["images"] if "individualImage" in i["src"] and i["width"]]
 
+    def cards(page):  # a card a run and picture
+        return all(page["text"].count(t) >= len(RUNS) for t in tags)
+
     page = chromium.wait_for(
-        lambda p: "Tags matching" in p["text"] and len(pictures(p)) >= len(RUNS)
+        lambda p: "Tags matching" in p["text"] and cards(p) and len(pictures(p)) >= len(RUNS)
     )
-    assert all(page["text"].count(t) >= len(RUNS) for t in tags)  # a card a run
+    assert cards(page), page["text"]
     shown = pictures(page)
     assert len(shown) >= len(RUNS), "the heat maps did not load"
     assert {i["width"] for i in shown} == {360}  # a card's width: shown at full size
@@ -130,11 +133,19 @@ def test_images_show_the_backprop_pictures_of_both_runs(chromium, tensorboard_ur
     chromium.resize(1400, 1000)
 
 
+#: the heading of each run's summary: 16 Linear, 16 Tanh and the head; LayerNorm adds 15
+SUMMARY_HEADINGS = ("Layer diagnostics: 33 layers watched", "Layer diagnostics: 48 layers watched")
+
+
 def test_text_shows_the_summary_with_the_options(chromium, tensorboard_url):
     chromium.open(f"{tensorboard_url}/#text")
-    page = chromium.wait_for(lambda p: "Options" in p["text"])
-    assert "Options" in page["text"] and "every_n_steps" in page["text"]
-    assert any(t.startswith("Layer diagnostics: 48 layers watched") for t in page["text"])
+
+    def headings(page):  # each run's card loads on its own: wait for both
+        return [h for h in SUMMARY_HEADINGS if any(t.startswith(h) for t in page["text"])]
+
+    page = chromium.wait_for(lambda p: len(headings(p)) == len(RUNS))
+    assert headings(page) == list(SUMMARY_HEADINGS), page["text"]
+    assert page["text"].count("Options") == len(RUNS) and "every_n_steps" in page["text"]
     assert f"{SUMMARY_TEXT_TAG}/text_summary" in page["text"]
     if "diagnosis/text_summary" in page["text"]:  # the diagnosis, once written, comes first
         assert page["text"].index("diagnosis/text_summary") < page["text"].index(
