@@ -664,17 +664,45 @@ def _batched_sums(outputs: Sequence[Tensor], work: Tensor) -> list[Tensor]:
     return results
 
 
+def _fused_sums(x: Tensor) -> Tensor:
+    """Design alternative for a compiler: the numbers of ``power_sums`` (but ``saturated``) as
+    one expression, which ``torch.compile`` can fuse into a few loops over the output."""
+    flat = x.reshape(-1).float()
+    k = flat.mean()
+    d = flat - k
+    sq = d * d
+    nonzero = (flat != 0).float().sum()
+    nonfinite = (~torch.isfinite(flat)).float().sum()
+    sums = [k, d.sum(), sq.sum(), (sq * d).sum(), (sq * sq).sum(), flat.amin(), flat.amax()]
+    return torch.stack([*sums, nonzero, nonfinite])
+
+
+def _compiled(fn: Callable[[Tensor], Tensor]) -> tuple[Callable[[Tensor], Tensor] | None, str]:
+    """``fn`` compiled with dynamic shapes and the seconds its first call took, or ``None`` and
+    why where this machine cannot compile it (no C++ compiler, an unsupported platform)."""
+    compiled = torch.compile(fn, dynamic=True)
+    started = time.perf_counter()
+    try:
+        compiled(torch.randn(*KERNEL_SHAPES[0]))
+    except Exception as exc:  # the compiler's own errors are many and unrelated
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return compiled, f"{time.perf_counter() - started:.1f} s"
+
+
 def kernels() -> str:
     """Per-output statistics and parameter norms by the designs weighed for them, in µs."""
     moments = importlib.import_module("ln_diagnostics.stats.moments")
     collector = importlib.import_module("ln_diagnostics.collect.collector")
     torch.manual_seed(0)
     chunk = moments.CHUNK
+    fused, compile_time = _compiled(_fused_sums)
     lines = [
         "# per watched output, µs (fastest of 7, candidates interleaved): power_sums in chunks of",
         f"# 1 Mi elements (before) and of {chunk} (now); one Gram matrix product; 73 outputs",
-        "# batched into blocks of rows",
-        f"{'output shape':<18} {'1 Mi chunks':>11} {'now':>8} {'gram':>8} {'batched':>8}",
+        "# batched into blocks of rows; one expression compiled by torch.compile (dynamic shapes,",
+        f"# first call: {compile_time})",
+        f"{'output shape':<18} {'1 Mi chunks':>11} {'now':>8} {'gram':>8} {'batched':>8}"
+        f" {'compiled':>8}",
     ]
 
     def chunked(x: Tensor, scratch: Any, size: int) -> Callable[[], Any]:
@@ -694,17 +722,18 @@ def kernels() -> str:
         work = torch.empty(3, max(n, chunk))
         rows = torch.empty(5, n)
         scratch = moments.Scratch()
-        times = _fastest_us(
-            {
-                "before": chunked(x, scratch, 1 << 20),
-                "now": chunked(x, scratch, chunk),
-                "gram": lambda x=x, rows=rows: _gram_sums(x, rows),
-                "batched": lambda o=outputs, w=work: _batched_sums(o, w),
-            },
-            reps=max(2, 1_000_000 // n),
-        )
+        candidates = {
+            "before": chunked(x, scratch, 1 << 20),
+            "now": chunked(x, scratch, chunk),
+            "gram": lambda x=x, rows=rows: _gram_sums(x, rows),
+            "batched": lambda o=outputs, w=work: _batched_sums(o, w),
+        }
+        if fused is not None:
+            candidates["compiled"] = lambda x=x: fused(x)
+        times = _fastest_us(candidates, reps=max(2, 1_000_000 // n))
         times["batched"] /= len(outputs)
         cells = " ".join(f"{times[k]:>8.1f}" for k in ("now", "gram", "batched"))
+        cells += f" {times['compiled']:>8.1f}" if fused is not None else f" {'n/a':>8}"
         lines.append(f"{tuple(shape)!s:<18} {times['before']:>11.1f} {cells}")
     mlp = DeepMLP(1)
     tensors = [p.detach() for p in mlp.parameters()] * 2  # gradients and parameters

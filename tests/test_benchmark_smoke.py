@@ -108,6 +108,12 @@ def test_the_weighed_designs_compute_the_numbers_of_power_sums():
     for field, value in got.items():
         assert float(value) == pytest.approx(want[0][field], rel=1e-4, abs=1e-3), field
 
+    fused = dict(
+        zip([f for f in FIELDS if f != "saturated"], bench._fused_sums(outputs[0]), strict=True)
+    )
+    for field, value in fused.items():
+        assert float(value) == pytest.approx(want[0][field], rel=1e-4, abs=1e-3), field
+
     work = torch.empty(3, 2 * outputs[0].numel())  # two outputs a block: three blocks
     rows = torch.cat(bench._batched_sums(outputs, work)).tolist()
     batched_fields = [f for f in FIELDS if f != "saturated"]
