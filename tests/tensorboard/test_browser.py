@@ -88,7 +88,20 @@ def first_position(page, text):
 
 def test_custom_scalars_first_screen_shows_the_vanishing_gradient(chromium, tensorboard_url):
     chromium.open(f"{tensorboard_url}/#custom_scalars")
-    page = chromium.wait_for(lambda p: all(t in p["text"] for t in (*HEALTH_CHARTS, DEPTH_TITLE)))
+    # the charts' legends list their series once the data is there: wait for each run's lines
+    series = [
+        f"{tag} ({run})"
+        for tag in ("health/backprop_depth_log10", "health/backprop_depth_log10_step0")
+        for run in RUNS
+    ]
+    page = chromium.wait_for(
+        lambda p: (
+            all(t in p["text"] for t in (*HEALTH_CHARTS, DEPTH_TITLE, *series))
+            and "Matches (0)" not in p["text"]
+        )
+    )
+    assert all(s in page["text"] for s in series), "the depth chart has no lines"
+    assert "Matches (0)" not in page["text"], "a chart matched no series"
     for title in (HEALTH_TITLE, *HEALTH_CHARTS):
         top = first_position(page, title)
         assert top is not None, f"{title!r} is not on the page"
