@@ -2,7 +2,10 @@
 
 Every configuration trains the same model with ``Trainer.fit`` on the CPU (one thread by default,
 synthetic in-memory batches, a ``TensorBoardLogger`` in a temporary directory for every run so the
-plain run pays the same logger cost, ``log_every_n_steps=50``) and is timed step by step.
+plain run pays the same logger cost, ``log_every_n_steps=50``) and is timed step by step. With
+``--accelerator gpu`` the fits train on the first CUDA device instead, and each step's timer
+waits for the device (``torch.cuda.synchronize``) so that a step's time is that of its kernels,
+not of queueing them; every configuration pays that one sync a step alike.
 
 Models:
     mlp          24 x (Linear(256) + LayerNorm + GELU), batch 128, 10-class cross-entropy.
@@ -67,6 +70,7 @@ Run::
     python benchmarks/overhead.py --breakdown ours_default --steps 300   # step 0 / logging step
     python benchmarks/overhead.py --profile ours_every_1 --models mlp   # cProfile breakdown
     python benchmarks/overhead.py --kernels              # per-output designs, norms (µs)
+    python benchmarks/overhead.py --accelerator gpu --rounds 3   # on a CUDA GPU (no memory)
 
 Results go to ``benchmarks/results/overhead.json`` (``--json`` to change). Numbers depend on the
 machine and its load: compare ratios, not milliseconds, and rerun on a quiet machine before
@@ -123,6 +127,8 @@ CONFIGS = (
     "ours_shift_hist",
 )
 MEMORY_CONFIGS = ("plain", "ours_default", "ours_every_1")
+#: Where every fit of this process trains (``--accelerator``; set once by :func:`main`).
+ACCELERATOR = "cpu"
 LOG_EVERY_N_STEPS = 50
 POOL = 8  # distinct synthetic batches per model, cycled
 VOCAB = 1000
@@ -393,6 +399,8 @@ class StepTimer(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if pl_module.device.type == "cuda":  # the step's kernels are done, not just queued
+            torch.cuda.synchronize(pl_module.device)
         self.stamps.append(time.perf_counter())
 
     def step_times(self) -> list[float]:
@@ -443,7 +451,7 @@ def fit_once(
             max_epochs=-1,
             logger=TensorBoardLogger(logdir, name="run"),
             callbacks=[timer, *extra, *config_callbacks(config)],
-            accelerator="cpu",
+            accelerator=ACCELERATOR,
             devices=1,
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -946,6 +954,10 @@ def header(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "accelerator": ACCELERATOR,
+        "device": torch.cuda.get_device_name()
+        if ACCELERATOR == "gpu"
+        else (platform.processor() or platform.machine()),
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "rounds": args.rounds,
         "warmup_steps": args.warmup,
@@ -1014,6 +1026,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {MODELS}")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {CONFIGS}")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument(
+        "--accelerator",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="where the fits train (gpu: the first CUDA device; each step timed to its end)",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument(
         "--quick", action="store_true", help="1 round, 1 warm-up + 3 timed steps, no memory"
@@ -1056,6 +1074,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.rounds, args.steps, args.warmup = 1, 3, 1
         if args.memory is None:
             args.memory = False
+    if args.accelerator == "gpu":
+        if args.memory or args.memory_only:
+            parser.error(
+                "the memory measure is the CPU run's peak RSS: leave out --accelerator gpu"
+            )
+        args.memory = False
     if args.memory is None or args.memory_only:
         args.memory = True
     if args.memory_only and args.json == DEFAULT_JSON:
@@ -1067,13 +1091,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        parser.error("--accelerator gpu needs a CUDA GPU, and torch sees none")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; print the tables; write and return the results."""
+    global ACCELERATOR
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    ACCELERATOR = args.accelerator
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     with contextlib.suppress(RuntimeError):  # only settable before parallel work started
@@ -1133,7 +1161,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     print(
         f"# torch {info['torch']}, pytorch_lightning {info['pytorch_lightning']}, "
         f"python {info['python']}, {info['threads']} thread(s), {info['cpu_count']} CPUs, "
-        f"{info['platform']}"
+        f"{info['platform']}, on {info['accelerator']} ({info['device']})"
     )
     print(
         f"# {args.rounds} round(s) x {args.steps} timed steps from step 0 ('warm': from step "

@@ -28,6 +28,7 @@ def test_quick_run_writes_positive_finite_times(tmp_path, capsys):
     assert data == json.loads(json.dumps(returned))
     assert set(data) >= {"environment", "results", "memory"}
     assert data["environment"]["threads"] == 1
+    assert data["environment"]["accelerator"] == "cpu"
     assert data["environment"]["command"].startswith("python benchmarks/overhead.py --quick")
     assert data["memory"] is None
     assert data["environment"]["timed_steps"] == 3
@@ -86,6 +87,19 @@ def test_unknown_configuration_lists_the_valid_ones():
     bench = load_benchmark()
     with pytest.raises(SystemExit, match=r"nope.*ours_default"):
         bench.main(["--quick", "--configs", "plain,nope"])
+
+
+def test_a_gpu_run_is_refused_with_the_reason(capsys):
+    import torch
+
+    bench = load_benchmark()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--quick", "--accelerator", "gpu", "--memory-only"])  # RSS: a CPU measure
+    assert exit_info.value.code == 2 and "peak RSS" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(["--quick", "--accelerator", "gpu"])
+        assert exit_info.value.code == 2 and "needs a CUDA GPU" in capsys.readouterr().err
 
 
 def test_the_weighed_designs_compute_the_numbers_of_power_sums():
