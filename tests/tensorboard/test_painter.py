@@ -187,13 +187,30 @@ def submissions(monkeypatch):
     return spy
 
 
-def test_a_fit_draws_its_last_logging_step_while_the_last_steps_train(make_trainer, submissions):
+@pytest.fixture
+def helpers(monkeypatch):
+    """The helper processes the painters start, as they start them."""
+    started, popen = [], painter_module.subprocess.Popen
+
+    def record(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(painter_module.subprocess, "Popen", record)
+    return started
+
+
+def test_a_fit_draws_its_last_logging_step_while_the_last_steps_train(
+    make_trainer, submissions, helpers
+):
     """With defaults, step 100 is the last logging step of a 120-step fit: its pictures are
-    handed over there, before fit end, and written once; fit end has nothing left to draw."""
+    handed over there, before fit end, and written once; fit end has nothing left to draw, and
+    the helper does not outlive the fit."""
     torch.manual_seed(0)
     trainer = make_trainer([submissions, LayerDiagnostics()], max_steps=120)
     trainer.fit(Deep())
     assert submissions.ended and submissions.seen == [(100, False)]
+    assert len(helpers) == 1 and helpers[0].poll() is not None
     acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0})
     acc.Reload()
     for name in ("backprop_log10_norm", "activation_std", "depth_profile"):
